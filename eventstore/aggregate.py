@@ -1,0 +1,92 @@
+"""Aggregates rebuilt from their streams, and the repository that loads and saves them.
+
+An aggregate method checks the business rules, then calls :meth:`Aggregate.record`;
+``apply`` (a ``singledispatchmethod``, one registration per event class) only changes
+state, so replaying history and recording new events run the same code.
+"""
+
+from __future__ import annotations
+
+import uuid
+from functools import singledispatchmethod
+from typing import Any, ClassVar, Generic, TypeVar
+
+from eventstore import store
+from eventstore.errors import StreamNotFound
+from eventstore.store import NO_STREAM, AppendResult, NewEvent
+
+
+class Aggregate:
+    """Base of event-sourced aggregates: ``category`` names their streams."""
+
+    category: ClassVar[str]
+
+    def __init__(self, aggregate_id: uuid.UUID) -> None:
+        self.id = aggregate_id
+        self.version = -1  # the version of the last event applied; -1 = no stream yet
+        self.loaded_version = -1
+        self._pending: list[NewEvent] = []
+
+    @classmethod
+    def stream_id_for(cls, aggregate_id: uuid.UUID) -> str:
+        return f"{cls.category}-{aggregate_id}"
+
+    @property
+    def stream_id(self) -> str:
+        return self.stream_id_for(self.id)
+
+    @property
+    def pending_events(self) -> list[Any]:
+        return [new_event.payload for new_event in self._pending]
+
+    @singledispatchmethod
+    def apply(self, event: object) -> None:
+        raise TypeError(f"{type(self).__name__} cannot apply {type(event).__name__}")
+
+    def record(self, event: object, *, event_id: uuid.UUID | None = None) -> None:
+        """Apply a new event and keep it for the next save."""
+        self.apply(event)
+        self.version += 1
+        self._pending.append(NewEvent(event, event_id or uuid.uuid4()))
+
+    def take_pending(self) -> list[NewEvent]:
+        pending, self._pending = self._pending, []
+        return pending
+
+
+A = TypeVar("A", bound=Aggregate)
+
+
+class Repository(Generic[A]):
+    """Loads an aggregate by replaying its stream; saves with the loaded version as lock."""
+
+    def __init__(self, aggregate_class: type[A], *, using: str = "default") -> None:
+        self.aggregate_class = aggregate_class
+        self.using = using
+
+    def load(self, aggregate_id: uuid.UUID) -> A:
+        """Replay the stream; raises :class:`StreamNotFound` if it does not exist."""
+        stream_id = self.aggregate_class.stream_id_for(aggregate_id)
+        aggregate = self.aggregate_class(aggregate_id)
+        history = store.load_stream_payloads(stream_id, using=self.using)
+        apply = aggregate.apply
+        for _, event in history:
+            apply(event)
+        aggregate.version = aggregate.loaded_version = history[-1][0]
+        return aggregate
+
+    def get_or_new(self, aggregate_id: uuid.UUID) -> A:
+        try:
+            return self.load(aggregate_id)
+        except StreamNotFound:
+            return self.aggregate_class(aggregate_id)
+
+    def save(self, aggregate: A) -> AppendResult | None:
+        """Append the new events, expecting the stream where it was loaded. None if none."""
+        pending = aggregate.take_pending()
+        if not pending:
+            return None
+        expected = NO_STREAM if aggregate.loaded_version < 0 else aggregate.loaded_version
+        result = store.append(aggregate.stream_id, pending, expected, using=self.using)
+        aggregate.version = aggregate.loaded_version = result.version
+        return result

@@ -1,0 +1,1 @@
+"""Wake subscribers after events commit."""

@@ -1,0 +1,446 @@
+"""Append to and read from the event store.
+
+``append`` is a single SQL statement: a data-modifying CTE moves the stream row forward
+(the row lock serializes writers of one stream only) and inserts the events, so in
+autocommit mode it is atomic on its own and inside ``transaction.atomic()`` it joins the
+caller's transaction. ``unique (stream_id, version)`` and ``unique (event_id)`` back it
+up; when the stream is not where the writer expected, the store checks whether this
+exact append is already stored (idempotent re-send) before reporting a conflict.
+
+The global and category feeds are gap-safe: each event stores the id of the transaction
+that wrote it, and readers only read below the oldest transaction still running
+(``pg_snapshot_xmin``), ordered by (transaction id, position). An event whose
+transaction commits late therefore cannot be skipped, and no writer waits for another.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+import msgspec
+from django.db import IntegrityError, connections, transaction
+
+from eventstore import signals
+from eventstore.context import current_context
+from eventstore.cursor import Cursor
+from eventstore.errors import (
+    ConcurrencyError,
+    DuplicateEventId,
+    InvalidAppend,
+    StreamNotFound,
+)
+from eventstore.types import registry
+
+STREAM_ID_MAX_LENGTH = 200
+_STREAM_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_]*-[^\s\x00-\x1f\x7f]+$")
+_metadata_encoder = msgspec.json.Encoder(uuid_format="canonical")
+
+
+class StreamState(Enum):
+    """Expected versions that are not an exact number."""
+
+    ANY = "any"
+    NO_STREAM = "no_stream"
+    STREAM_EXISTS = "stream_exists"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ANY = StreamState.ANY
+NO_STREAM = StreamState.NO_STREAM
+STREAM_EXISTS = StreamState.STREAM_EXISTS
+ExpectedVersion = int | StreamState
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append, with the id that makes re-sending it idempotent."""
+
+    payload: Any
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where an append landed: the stream's new version and each event's position."""
+
+    stream_id: str
+    version: int
+    positions: list[int]
+    cursor: Cursor
+
+    @property
+    def last_position(self) -> int:
+        return self.positions[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as stored, decoded into its registered class."""
+
+    position: int
+    cursor: Cursor
+    stream_id: str
+    version: int
+    event_id: uuid.UUID
+    event_type: str
+    data: Any
+    metadata: dict[str, Any]
+    recorded_at: datetime
+
+    @property
+    def category(self) -> str:
+        return category_of(self.stream_id)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPage:
+    """A page of a feed and the cursor to continue from, even when the page is empty."""
+
+    events: list[RecordedEvent]
+    next_cursor: Cursor
+
+
+def category_of(stream_id: str) -> str:
+    """The category of ``user-3f2c...`` is ``user``: the part before the first ``-``."""
+    return stream_id.split("-", 1)[0]
+
+
+def validate_stream_id(stream_id: object) -> str:
+    if not isinstance(stream_id, str) or not stream_id:
+        raise InvalidAppend("stream id must be a non-empty string like 'user-<id>'")
+    if len(stream_id) > STREAM_ID_MAX_LENGTH:
+        raise InvalidAppend(f"stream id is longer than {STREAM_ID_MAX_LENGTH} characters")
+    if not _STREAM_ID.match(stream_id):
+        raise InvalidAppend(
+            f"stream id {stream_id!r} is malformed: expected '<category>-<id>', the category "
+            "made of letters, digits and '_', the id without spaces or control characters"
+        )
+    return stream_id
+
+
+def _validate_expected(expected_version: object) -> ExpectedVersion:
+    if isinstance(expected_version, StreamState):
+        return expected_version
+    if isinstance(expected_version, bool) or not isinstance(expected_version, int):
+        raise InvalidAppend(
+            f"expected version must be ANY, NO_STREAM, STREAM_EXISTS or an int, "
+            f"not {expected_version!r}"
+        )
+    if expected_version < 0:
+        raise InvalidAppend(
+            f"expected version {expected_version} is negative; use NO_STREAM for a new stream"
+        )
+    return expected_version
+
+
+_HEAD = {
+    NO_STREAM: """
+        INSERT INTO streams (stream_id, category, version, created_at, updated_at)
+        VALUES (%(stream_id)s, %(category)s, %(count)s - 1, now(), now())
+        ON CONFLICT (stream_id) DO NOTHING
+        RETURNING version""",
+    ANY: """
+        INSERT INTO streams AS s (stream_id, category, version, created_at, updated_at)
+        VALUES (%(stream_id)s, %(category)s, %(count)s - 1, now(), now())
+        ON CONFLICT (stream_id)
+        DO UPDATE SET version = s.version + %(count)s, updated_at = now()
+        RETURNING version""",
+    STREAM_EXISTS: """
+        UPDATE streams SET version = version + %(count)s, updated_at = now()
+        WHERE stream_id = %(stream_id)s
+        RETURNING version""",
+    "exact": """
+        UPDATE streams SET version = version + %(count)s, updated_at = now()
+        WHERE stream_id = %(stream_id)s AND version = %(expected)s
+        RETURNING version""",
+}
+
+_BODY = """
+    INSERT INTO events (stream_id, version, category, event_id, event_type, schema_version,
+                        data, metadata, recorded_at, transaction_id)
+    SELECT %(stream_id)s, head.version - %(count)s + e.ord, %(category)s, e.event_id,
+           e.event_type, e.schema_version, e.data, e.metadata, now(), pg_current_xact_id()
+    FROM head,
+         unnest(%(event_ids)s::uuid[], %(event_types)s::text[], %(schema_versions)s::int2[],
+                %(data)s::text[]::jsonb[], %(metadata)s::text[]::jsonb[])
+             WITH ORDINALITY AS e(event_id, event_type, schema_version, data, metadata, ord)
+    ORDER BY e.ord
+    RETURNING position, version, transaction_id::text
+"""
+
+_APPEND_SQL = {key: f"WITH head AS ({head}) {_BODY}" for key, head in _HEAD.items()}
+
+
+def append(
+    stream_id: str,
+    events: Sequence[Any],
+    expected_version: ExpectedVersion = ANY,
+    *,
+    using: str = "default",
+) -> AppendResult:
+    """Append ``events`` (payloads or :class:`NewEvent`) to a stream, all or nothing.
+
+    Raises :class:`ConcurrencyError` when the stream is not at ``expected_version``,
+    :class:`DuplicateEventId` when the event ids are stored elsewhere, and
+    :class:`InvalidAppend` (before any write) for bad input.
+    """
+    validate_stream_id(stream_id)
+    expected = _validate_expected(expected_version)
+    if isinstance(events, (str, bytes)) or not isinstance(events, Sequence) or not events:
+        raise InvalidAppend("an append needs a non-empty list of events")
+    new_events = [e if isinstance(e, NewEvent) else NewEvent(e) for e in events]
+    context_metadata = current_context().as_metadata()
+    params: dict[str, Any] = {
+        "stream_id": stream_id,
+        "category": category_of(stream_id),
+        "count": len(new_events),
+        "expected": expected if isinstance(expected, int) else None,
+        "event_ids": [],
+        "event_types": [],
+        "schema_versions": [],
+        "data": [],
+        "metadata": [],
+    }
+    for new_event in new_events:
+        event_type, data = registry.encode(new_event.payload)
+        params["event_ids"].append(new_event.event_id)
+        params["event_types"].append(event_type.name)
+        params["schema_versions"].append(event_type.version)
+        params["data"].append(data)
+        metadata = {**context_metadata, **new_event.metadata}
+        try:
+            params["metadata"].append(_metadata_encoder.encode(metadata).decode())
+        except TypeError as exc:
+            raise InvalidAppend(f"event metadata cannot be stored as JSON: {exc}") from exc
+    if len(set(params["event_ids"])) != len(new_events):
+        raise InvalidAppend("the same event id appears twice in one append")
+
+    sql = _APPEND_SQL["exact" if isinstance(expected, int) else expected]
+    connection = connections[using]
+    rows: list[tuple[int, int, str]] = []
+    try:
+        # Inside a caller's transaction, a savepoint keeps it usable if a unique index
+        # refuses the insert; in autocommit mode the single statement is atomic anyway.
+        with (
+            transaction.atomic(using=using) if connection.in_atomic_block else _no_transaction(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+    except IntegrityError:
+        rows = []
+    if not rows:
+        return _resolve_refused_append(stream_id, expected, params["event_ids"], using)
+
+    rows.sort(key=lambda row: row[1])
+    result = AppendResult(
+        stream_id=stream_id,
+        version=rows[-1][1],
+        positions=[row[0] for row in rows],
+        cursor=Cursor(int(rows[-1][2]), rows[-1][0]),
+    )
+    event_types = params["event_types"]
+    transaction.on_commit(
+        lambda: signals.events_appended.send(
+            sender=append, stream_id=stream_id, event_types=event_types, result=result
+        ),
+        using=using,
+        robust=True,
+    )
+    return result
+
+
+class _no_transaction:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _resolve_refused_append(
+    stream_id: str, expected: ExpectedVersion, event_ids: list[uuid.UUID], using: str
+) -> AppendResult:
+    """Tell an idempotent re-send (return what is stored) from a real conflict."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT event_id, stream_id, version, position, transaction_id::text "
+            "FROM events WHERE event_id = ANY(%s) ORDER BY version",
+            [event_ids],
+        )
+        stored = cursor.fetchall()
+        cursor.execute("SELECT version FROM streams WHERE stream_id = %s", [stream_id])
+        row = cursor.fetchone()
+    actual = row[0] if row else None
+    if not stored:
+        raise ConcurrencyError(stream_id, expected, actual)
+    by_id = {r[0]: r for r in stored}
+    same_place = (
+        len(stored) == len(event_ids)
+        and all(r[1] == stream_id for r in stored)
+        and [by_id[event_id][2] for event_id in event_ids]
+        == list(range(stored[0][2], stored[0][2] + len(event_ids)))
+    )
+    first_version = stored[0][2]
+    if same_place and (
+        (isinstance(expected, int) and first_version == expected + 1)
+        or (expected is NO_STREAM and first_version == 0)
+        or expected in (ANY, STREAM_EXISTS)
+    ):
+        last = stored[-1]
+        return AppendResult(
+            stream_id=stream_id,
+            version=last[2],
+            positions=[r[3] for r in stored],
+            cursor=Cursor(int(last[4]), last[3]),
+        )
+    raise DuplicateEventId(stream_id, [r[0] for r in stored])
+
+
+# --- reads --------------------------------------------------------------------
+
+_COLUMNS = (
+    "position, transaction_id::text, stream_id, version, event_id, event_type, "
+    "schema_version, data::text, metadata::text, recorded_at"
+)
+_metadata_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def _decode(row: Sequence[Any]) -> RecordedEvent:
+    position, xid, stream_id, version, event_id, event_type, schema_version, data, meta, at = row
+    return RecordedEvent(
+        position=position,
+        cursor=Cursor(int(xid), position),
+        stream_id=stream_id,
+        version=version,
+        event_id=event_id,
+        event_type=event_type,
+        data=registry.decode(event_type, schema_version, data),
+        metadata=_metadata_decoder.decode(meta),
+        recorded_at=at,
+    )
+
+
+def stream_version(stream_id: str, *, using: str = "default") -> int | None:
+    """The stream's current version, or None when it does not exist."""
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT version FROM streams WHERE stream_id = %s", [stream_id])
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def read_stream(
+    stream_id: str,
+    *,
+    from_version: int | None = None,
+    backwards: bool = False,
+    limit: int | None = None,
+    using: str = "default",
+) -> list[RecordedEvent]:
+    """Events of one stream from a version (inclusive), forwards or backwards."""
+    conditions = ["stream_id = %s"]
+    params: list[Any] = [stream_id]
+    if from_version is not None:
+        conditions.append("version <= %s" if backwards else "version >= %s")
+        params.append(from_version)
+    sql = (
+        f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(conditions)} "
+        f"ORDER BY version {'DESC' if backwards else 'ASC'}"
+    )
+    if limit is not None:
+        sql += " LIMIT %s"
+        params.append(limit)
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        return [_decode(row) for row in cursor.fetchall()]
+
+
+def load_stream_payloads(stream_id: str, *, using: str = "default") -> list[tuple[int, Any]]:
+    """(version, event) pairs of a whole stream: the lean read used to rebuild aggregates."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT version, event_type, schema_version, data::text FROM events "
+            "WHERE stream_id = %s ORDER BY version",
+            [stream_id],
+        )
+        rows = cursor.fetchall()
+    if not rows:
+        raise StreamNotFound(stream_id)
+    decode = registry.decode
+    return [(version, decode(kind, schema, data)) for version, kind, schema, data in rows]
+
+
+_FEED_SQL = f"""
+    SELECT {_COLUMNS} FROM events
+    WHERE (transaction_id, position) > (%(xid)s::xid8, %(position)s)
+      AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+      {{filters}}
+    ORDER BY transaction_id, position
+    LIMIT %(limit)s
+"""
+
+
+def horizon(*, using: str = "default") -> Cursor:
+    """Everything before this cursor is final: no transaction can still add to it."""
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+        return Cursor(int(cursor.fetchone()[0]), 0)
+
+
+def read_all(
+    after: Cursor | None = None,
+    *,
+    limit: int = 500,
+    categories: Iterable[str] | None = None,
+    event_types: Iterable[str] | None = None,
+    using: str = "default",
+) -> FeedPage:
+    """The next page of the global feed after ``after``, optionally filtered.
+
+    The returned cursor continues after the page; on an empty page it is unchanged, so a
+    follower can poll with it without missing or re-reading events.
+    """
+    after = after or Cursor.start()
+    filters: list[str] = []
+    params: dict[str, Any] = {"xid": str(after.transaction_id), "position": after.position}
+    if categories is not None:
+        filters.append("AND category = ANY(%(categories)s)")
+        params["categories"] = list(categories)
+    if event_types is not None:
+        filters.append("AND event_type = ANY(%(event_types)s)")
+        params["event_types"] = list(event_types)
+    params["limit"] = max(1, int(limit))
+    sql = _FEED_SQL.replace("{filters}", " ".join(filters))
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        events = [_decode(row) for row in cursor.fetchall()]
+    return FeedPage(events, events[-1].cursor if events else after)
+
+
+def read_category(
+    category: str, after: Cursor | None = None, *, limit: int = 500, using: str = "default"
+) -> FeedPage:
+    """The next page of one category's feed (all streams ``<category>-*``)."""
+    return read_all(after, limit=limit, categories=[category], using=using)
+
+
+def iter_all(
+    after: Cursor | None = None, *, page_size: int = 1000, using: str = "default"
+) -> Iterator[RecordedEvent]:
+    """Every event after ``after`` up to the current horizon, page by page."""
+    cursor = after
+    while True:
+        page = read_all(cursor, limit=page_size, using=using)
+        yield from page.events
+        if len(page.events) < page_size:
+            return
+        cursor = page.next_cursor

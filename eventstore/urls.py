@@ -1,0 +1,3 @@
+"""Event store read API (the staff event feed)."""
+
+urlpatterns: list = []

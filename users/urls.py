@@ -1,0 +1,3 @@
+"""Users API routes."""
+
+urlpatterns: list = []
