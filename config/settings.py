@@ -120,6 +120,17 @@ if not REDIS_URL:
         ".data/) or point REDIS_URL at a Redis server"
     )
 
+# Django's cache (wake-up de-duplication, idempotency keys, throttling) shares that
+# Redis; redis-py spells a unix socket "unix://", kombu "redis+socket://".
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL.replace("redis+socket://", "unix://", 1),
+        "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="users"),
+        "OPTIONS": {"socket_connect_timeout": 1.0, "socket_timeout": 1.0},
+    }
+}
+
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
@@ -140,6 +151,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": 3600,
 }
 SUBSCRIBER_SAFETY_NET_SECONDS = env.float("SUBSCRIBER_SAFETY_NET_SECONDS", default=5.0)
+# One task catches a subscriber up for at most this long, then re-queues itself.
+SUBSCRIBER_TASK_TIME_BUDGET_SECONDS = env.float("SUBSCRIBER_TASK_TIME_BUDGET_SECONDS", default=60.0)
 CELERY_BEAT_SCHEDULE = {
     "wake-all-subscribers": {
         "task": "eventstore.tasks.wake_all_subscribers",

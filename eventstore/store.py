@@ -103,10 +103,20 @@ class RecordedEvent:
 
 @dataclass(frozen=True, slots=True)
 class FeedPage:
-    """A page of a feed and the cursor to continue from, even when the page is empty."""
+    """A page of a feed and the cursor to continue from, even when the page is empty.
+
+    ``horizon`` is the point below which the feed was final when the page was read.
+    When the page is not full, ``next_cursor`` moves up to it: nothing matching the
+    filters can ever appear before it, so followers do not re-scan what they skipped.
+    """
 
     events: list[RecordedEvent]
     next_cursor: Cursor
+    horizon: Cursor
+
+    @property
+    def is_full(self) -> bool:
+        return bool(self.events) and self.next_cursor == self.events[-1].cursor
 
 
 def category_of(stream_id: str) -> str:
@@ -379,13 +389,18 @@ def load_stream_payloads(stream_id: str, *, using: str = "default") -> list[tupl
     return [(version, decode(kind, schema, data)) for version, kind, schema, data in rows]
 
 
+# One statement, so the horizon and the rows come from the same snapshot: reading the
+# horizon separately could move it past events committed in between.
 _FEED_SQL = f"""
-    SELECT {_COLUMNS} FROM events
-    WHERE (transaction_id, position) > (%(xid)s::xid8, %(position)s)
-      AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-      {{filters}}
-    ORDER BY transaction_id, position
-    LIMIT %(limit)s
+    WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
+    SELECT h.xmin::text, e.* FROM h LEFT JOIN LATERAL (
+        SELECT {_COLUMNS} FROM events
+        WHERE (transaction_id, position) > (%(xid)s::xid8, %(position)s)
+          AND transaction_id < h.xmin
+          {{filters}}
+        ORDER BY transaction_id, position
+        LIMIT %(limit)s
+    ) e ON true
 """
 
 
@@ -418,12 +433,18 @@ def read_all(
     if event_types is not None:
         filters.append("AND event_type = ANY(%(event_types)s)")
         params["event_types"] = list(event_types)
-    params["limit"] = max(1, int(limit))
+    params["limit"] = limit = max(1, int(limit))
     sql = _FEED_SQL.replace("{filters}", " ".join(filters))
     with connections[using].cursor() as cursor:
         cursor.execute(sql, params)
-        events = [_decode(row) for row in cursor.fetchall()]
-    return FeedPage(events, events[-1].cursor if events else after)
+        rows = cursor.fetchall()
+    horizon = Cursor(int(rows[0][0]), 0)
+    events = [_decode(row[1:]) for row in rows if row[1] is not None]
+    if len(events) == limit:
+        next_cursor = events[-1].cursor
+    else:
+        next_cursor = max(after, horizon, events[-1].cursor if events else after)
+    return FeedPage(events, next_cursor, horizon)
 
 
 def read_category(
@@ -441,6 +462,6 @@ def iter_all(
     while True:
         page = read_all(cursor, limit=page_size, using=using)
         yield from page.events
-        if len(page.events) < page_size:
+        if not page.is_full:
             return
         cursor = page.next_cursor

@@ -67,6 +67,12 @@ class EventRegistry:
         except KeyError:
             raise UnknownEventType(type(event).__name__) from None
 
+    def for_event_class(self, cls: type) -> EventType:
+        try:
+            return self._by_class[cls]
+        except KeyError:
+            raise UnknownEventType(cls.__name__) from None
+
     def names(self) -> list[str]:
         return sorted(self._by_name)
 

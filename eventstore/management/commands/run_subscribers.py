@@ -1,0 +1,48 @@
+"""Catch subscribers up without Celery: once, or following the feed."""
+
+import time
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from eventstore import subscriptions
+
+
+class Command(BaseCommand):
+    help = "Process all (or the named) subscribers until caught up; --follow keeps going."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("names", nargs="*", help="subscriber names (default: all)")
+        parser.add_argument("--follow", action="store_true", help="keep following the feed")
+        parser.add_argument(
+            "--interval", type=float, default=0.5, help="seconds between polls with --follow"
+        )
+        parser.add_argument(
+            "--retry-now", action="store_true", help="lift the backoff of failed subscribers first"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            chosen = [subscriptions.get(n) for n in options["names"]] or (
+                subscriptions.all_subscribers()
+            )
+        except LookupError as exc:
+            raise CommandError(str(exc)) from exc
+        if options["interval"] <= 0:
+            raise CommandError("--interval must be positive")
+        if options["retry_now"]:
+            for subscriber in chosen:
+                subscriptions.retry_now(subscriber.name)
+        try:
+            while True:
+                for subscriber in chosen:
+                    result = subscriptions.catch_up(subscriber)
+                    if result.processed or result.stopped != "caught_up":
+                        self.stdout.write(
+                            f"{subscriber.name}: {result.processed} events, {result.stopped}"
+                        )
+                if not options["follow"]:
+                    return
+                time.sleep(options["interval"])
+        except KeyboardInterrupt:
+            self.stdout.write("stopped; every committed batch is kept")

@@ -1,0 +1,383 @@
+"""Subscribers (projections and process managers) and the engine that moves them.
+
+A subscriber reads the gap-safe feed after its checkpoint, one batch per transaction,
+and its checkpoint moves in the same transaction as whatever it wrote: a batch is done
+exactly once or not at all, however often it is triggered and whoever dies mid-batch.
+A transaction-scoped advisory lock keeps each subscriber in one place at a time; a
+wake-up that finds it busy leaves a flag the running one checks before it stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from django.db import connections, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from eventstore import store
+from eventstore.cursor import Cursor
+from eventstore.models import Checkpoint
+from eventstore.store import RecordedEvent
+from eventstore.types import registry
+
+logger = logging.getLogger(__name__)
+
+_LOCK_NAMESPACE = 0x5E5  # first key of pg_advisory_xact_lock(int, int) for subscribers
+MAX_BACKOFF_SECONDS = 300
+
+
+def handles(*event_classes: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a subscriber method as the handler of these event classes."""
+
+    def mark(method: Callable[..., Any]) -> Callable[..., Any]:
+        method._handles = event_classes  # type: ignore[attr-defined]
+        return method
+
+    return mark
+
+
+class Subscriber:
+    """Something that reacts to stored events in feed order; subclass a kind below."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str] = "subscriber"
+    batch_size: ClassVar[int] = 500
+    _handlers: ClassVar[dict[str, str]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        handlers: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            for attribute, value in vars(klass).items():
+                for event_class in getattr(value, "_handles", ()):
+                    handlers[registry.for_event_class(event_class).name] = attribute
+        cls._handlers = handlers
+
+    @property
+    def event_types(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def handle(self, event: RecordedEvent) -> None:
+        getattr(self, self._handlers[event.event_type])(event)
+
+    def handle_batch(self, events: list[RecordedEvent]) -> None:
+        """Handle a batch inside its transaction; override to write in bulk."""
+        for event in events:
+            self.handle(event)
+
+
+class Projection(Subscriber):
+    """Writes read models. ``read_models`` are the tables a replay rebuilds aside."""
+
+    kind = "projection"
+    read_models: ClassVar[list[type]] = []
+
+
+class ProcessManager(Subscriber):
+    """Reacts to events by issuing commands (a saga). Never replayed."""
+
+    kind = "process_manager"
+
+
+# --- registry --------------------------------------------------------------------
+
+_subscribers: dict[str, Subscriber] = {}
+
+
+def register(subscriber: Subscriber) -> Subscriber:
+    """Register a subscriber (from its app's ``AppConfig.ready()``)."""
+    existing = _subscribers.get(subscriber.name)
+    if existing is not None and type(existing) is not type(subscriber):
+        raise ValueError(f"subscriber name {subscriber.name!r} is already taken")
+    _subscribers[subscriber.name] = subscriber
+    return subscriber
+
+
+def get(name: str) -> Subscriber:
+    try:
+        return _subscribers[name]
+    except KeyError:
+        known = ", ".join(sorted(_subscribers)) or "none"
+        raise LookupError(f"no subscriber named {name!r} (registered: {known})") from None
+
+
+def all_subscribers() -> list[Subscriber]:
+    return [_subscribers[name] for name in sorted(_subscribers)]
+
+
+def interested_in(event_types: Iterable[str]) -> list[Subscriber]:
+    wanted = set(event_types)
+    return [s for s in all_subscribers() if wanted.intersection(s._handlers)]
+
+
+# --- the engine ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What one batch did."""
+
+    processed: int = 0
+    busy: bool = False
+    backing_off: bool = False
+    failed: bool = False
+    more: bool = False
+
+
+class _HandlerFailed(Exception):
+    def __init__(self, index: int, event: RecordedEvent, error: Exception) -> None:
+        self.index, self.event, self.error = index, event, error
+
+
+def lock_key(name: str) -> int:
+    return zlib.crc32(name.encode()) - 2**31
+
+
+def _try_lock(name: str, using: str) -> bool:
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_try_advisory_xact_lock(%s, %s)", [_LOCK_NAMESPACE, lock_key(name)]
+        )
+        return cursor.fetchone()[0]
+
+
+def lock(name: str, using: str = "default") -> None:
+    """Wait for the subscriber's lock, held until the current transaction ends."""
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_NAMESPACE, lock_key(name)])
+
+
+def ensure_checkpoint(subscriber: Subscriber, using: str = "default") -> None:
+    Checkpoint.objects.using(using).get_or_create(
+        name=subscriber.name, defaults={"kind": subscriber.kind}
+    )
+
+
+def checkpoint_cursor(checkpoint: Checkpoint) -> Cursor:
+    return Cursor(checkpoint.cursor_transaction_id, checkpoint.cursor_position)
+
+
+def advance(
+    name: str, cursor: Cursor, processed: int, last: RecordedEvent | None, using: str
+) -> None:
+    """Move the checkpoint (inside the batch's transaction) and clear any error."""
+    changes: dict[str, Any] = {
+        "cursor_transaction_id": cursor.transaction_id,
+        "cursor_position": cursor.position,
+        "updated_at": timezone.now(),
+    }
+    if processed:
+        changes.update(
+            events_processed=F("events_processed") + processed,
+            last_event_at=last.recorded_at if last else None,
+            error="",
+            error_position=None,
+            error_count=0,
+            retry_at=None,
+        )
+    Checkpoint.objects.using(using).filter(name=name).update(**changes)
+
+
+def _run_batch(subscriber: Subscriber, limit: int, using: str) -> BatchOutcome:
+    with transaction.atomic(using=using):
+        if not _try_lock(subscriber.name, using):
+            return BatchOutcome(busy=True)
+        checkpoint = Checkpoint.objects.using(using).get(name=subscriber.name)
+        if checkpoint.retry_at and checkpoint.retry_at > timezone.now():
+            return BatchOutcome(backing_off=True)
+        page = store.read_all(
+            checkpoint_cursor(checkpoint),
+            limit=limit,
+            event_types=subscriber.event_types,
+            using=using,
+        )
+        events = page.events
+        for index, event in enumerate(events):
+            try:
+                subscriber.handle(event)
+            except Exception as exc:
+                raise _HandlerFailed(index, event, exc) from exc
+        if events or page.next_cursor != checkpoint_cursor(checkpoint):
+            advance(
+                subscriber.name,
+                page.next_cursor,
+                len(events),
+                events[-1] if events else None,
+                using,
+            )
+        return BatchOutcome(processed=len(events), more=page.is_full)
+
+
+def reset_checkpoint(name: str, cursor: Cursor, processed: int, using: str = "default") -> None:
+    """Put a checkpoint at ``cursor`` after a rebuild (inside the swap's transaction)."""
+    Checkpoint.objects.using(using).filter(name=name).update(
+        cursor_transaction_id=cursor.transaction_id,
+        cursor_position=cursor.position,
+        events_processed=processed,
+        updated_at=timezone.now(),
+        error="",
+        error_position=None,
+        error_count=0,
+        retry_at=None,
+    )
+
+
+def _record_failure(subscriber: Subscriber, failure: _HandlerFailed, using: str) -> None:
+    with transaction.atomic(using=using):
+        lock(subscriber.name, using)
+        checkpoint = Checkpoint.objects.using(using).select_for_update().get(name=subscriber.name)
+        attempts = checkpoint.error_count + 1
+        delay = min(2**attempts, MAX_BACKOFF_SECONDS)
+        checkpoint.error = f"{type(failure.error).__name__}: {failure.error}"
+        checkpoint.error_position = failure.event.position
+        checkpoint.error_count = attempts
+        checkpoint.retry_at = timezone.now() + timedelta(seconds=delay)
+        checkpoint.updated_at = timezone.now()
+        checkpoint.save(
+            update_fields=["error", "error_position", "error_count", "retry_at", "updated_at"]
+        )
+    logger.error(
+        "subscriber %s stopped at event %s (%s, position %s); retry %s in %ss",
+        subscriber.name,
+        failure.event.event_id,
+        failure.event.event_type,
+        failure.event.position,
+        attempts,
+        delay,
+        exc_info=failure.error,
+    )
+
+
+def run_batch(subscriber: Subscriber, using: str = "default") -> BatchOutcome:
+    """Process at most one batch; on a handler error keep the events before it.
+
+    The checkpoint row must exist (:func:`ensure_checkpoint`). A failed batch is rolled
+    back whole, then redone up to the failing event, so the checkpoint stops exactly
+    before it and the error is recorded on the checkpoint row.
+    """
+    limit = subscriber.batch_size
+    while True:
+        try:
+            return _run_batch(subscriber, limit, using)
+        except _HandlerFailed as failure:
+            if failure.index == 0:
+                _record_failure(subscriber, failure, using)
+                return BatchOutcome(failed=True)
+            limit = failure.index
+
+
+def _take_wake_flag(name: str, using: str) -> bool:
+    return bool(
+        Checkpoint.objects.using(using)
+        .filter(name=name, wake_requested=True)
+        .update(wake_requested=False)
+    )
+
+
+def request_wake(name: str, using: str = "default") -> None:
+    Checkpoint.objects.using(using).filter(name=name).update(wake_requested=True)
+
+
+@dataclass(frozen=True)
+class CatchUpResult:
+    """How far a catch-up went and why it stopped."""
+
+    processed: int
+    batches: int
+    stopped: str  # caught_up | busy | failed | backing_off | time_budget
+
+
+def catch_up(
+    subscriber: Subscriber, *, time_budget: float | None = None, using: str = "default"
+) -> CatchUpResult:
+    """Run batches until caught up with the feed (or busy, failed, out of time)."""
+    ensure_checkpoint(subscriber, using)
+    processed = batches = 0
+    flagged = False
+    deadline = None if time_budget is None else time.monotonic() + time_budget
+    while True:
+        outcome = run_batch(subscriber, using)
+        processed += outcome.processed
+        batches += 1
+        if outcome.busy:
+            if flagged:
+                return CatchUpResult(processed, batches, "busy")
+            # Leave a flag, then try once more: the holder may have checked the flag and
+            # left just before we set it. If it is still there, it will see the flag.
+            request_wake(subscriber.name, using)
+            flagged = True
+            continue
+        flagged = False
+        if outcome.failed:
+            return CatchUpResult(processed, batches, "failed")
+        if outcome.backing_off:
+            return CatchUpResult(processed, batches, "backing_off")
+        if deadline is not None and time.monotonic() > deadline:
+            return CatchUpResult(processed, batches, "time_budget")
+        if outcome.more:
+            continue
+        # The lock is released now; a wake-up that came while we held it set the flag.
+        if _take_wake_flag(subscriber.name, using):
+            continue
+        return CatchUpResult(processed, batches, "caught_up")
+
+
+def catch_up_all(
+    *, time_budget: float | None = None, using: str = "default"
+) -> dict[str, CatchUpResult]:
+    return {s.name: catch_up(s, time_budget=time_budget, using=using) for s in all_subscribers()}
+
+
+def retry_now(name: str, using: str = "default") -> bool:
+    """Lift the backoff of a failed subscriber so the next wake-up retries it."""
+    return bool(
+        Checkpoint.objects.using(using)
+        .filter(name=name)
+        .exclude(retry_at=None)
+        .update(retry_at=None)
+    )
+
+
+def has_processed(name: str, position: int, using: str = "default") -> bool:
+    """Whether subscriber ``name`` is past the event at global ``position``."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT (c.cursor_transaction_id, c.cursor_position) >= (e.transaction_id, e.position) "
+            "FROM checkpoints c, events e WHERE c.name = %s AND e.position = %s",
+            [name, position],
+        )
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def wait_until_processed(
+    name: str, position: int, *, timeout: float = 2.0, using: str = "default"
+) -> bool:
+    """Read-your-writes: wait (bounded) until ``name`` has processed ``position``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        if has_processed(name, position, using):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.1)
+
+
+def lag(name: str, using: str = "default") -> int:
+    """Events in the feed after the subscriber's checkpoint (of every type)."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM events e, checkpoints c WHERE c.name = %s "
+            "AND (e.transaction_id, e.position) > (c.cursor_transaction_id, c.cursor_position)",
+            [name],
+        )
+        return cursor.fetchone()[0]

@@ -1,0 +1,239 @@
+"""The subscription engine on real PostgreSQL: invariants 5 and 7, and error handling."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+from django.db import connection, connections
+
+from eventstore import replay, store, subscriptions
+from eventstore.models import Checkpoint
+from eventstore.subscriptions import ProcessManager, handles
+from tests.events import Noted
+from tests.testapp.models import Switch, Tally
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def tally() -> subscriptions.Subscriber:
+    return subscriptions.get("test-tally")
+
+
+def write(stream_count: int, per_stream: int, text: str = "t") -> dict[str, tuple[int, int]]:
+    """Append events; return the expected (count, total) per stream."""
+    expected = {}
+    for s in range(stream_count):
+        sid = f"tally-{uuid.uuid4()}"
+        store.append(sid, [Noted(text=text, n=s * 1000 + i) for i in range(per_stream)])
+        expected[sid] = (per_stream, sum(s * 1000 + i for i in range(per_stream)))
+    return expected
+
+
+def tallies() -> dict[str, tuple[int, int]]:
+    return {t.stream_id: (t.count, t.total) for t in Tally.objects.all()}
+
+
+def test_catch_up_processes_everything_once(tally) -> None:
+    expected = write(30, 12)  # 360 events, batch size 100
+    result = subscriptions.catch_up(tally)
+    assert (result.processed, result.stopped) == (360, "caught_up")
+    assert result.batches >= 4
+    assert tallies() == expected
+    again = subscriptions.catch_up(tally)
+    assert again.processed == 0
+    assert tallies() == expected
+    checkpoint = Checkpoint.objects.get(name="test-tally")
+    assert checkpoint.events_processed == 360
+    assert subscriptions.lag("test-tally") == 0
+
+
+def test_racing_catch_ups_while_appending_are_exactly_once(tally, threads) -> None:
+    expected: dict[str, tuple[int, int]] = {}
+    stop = threading.Event()
+
+    def appender() -> None:
+        try:
+            while not stop.is_set():
+                expected.update(write(1, 5))
+        finally:
+            connections.close_all()
+
+    writer = threading.Thread(target=appender)
+    writer.start()
+    try:
+        threads(6, lambda i: [subscriptions.catch_up(tally) for _ in range(5)])
+    finally:
+        stop.set()
+        writer.join()
+    subscriptions.catch_up(tally)
+    assert len(expected) > 5
+    assert tallies() == expected
+
+
+def test_failing_handler_stops_at_the_event_and_resumes_after_the_fix(tally) -> None:
+    before = write(2, 3)
+    bad_stream = f"tally-{uuid.uuid4()}"
+    store.append(bad_stream, [Noted(text="ok", n=1)])
+    boom = store.append(bad_stream, [Noted(text="boom", n=2)])
+    after = write(2, 3)
+    Switch.objects.create(name="fail")
+
+    result = subscriptions.catch_up(tally)
+    assert result.stopped == "failed"
+    assert tallies() == {**before, bad_stream: (1, 1)}
+    checkpoint = Checkpoint.objects.get(name="test-tally")
+    assert checkpoint.error_position == boom.last_position
+    assert "RuntimeError: cannot tally" in checkpoint.error
+    assert checkpoint.error_count == 1
+    assert checkpoint.retry_at is not None
+
+    # Backing off: a wake-up before retry_at does nothing, and nothing is skipped.
+    assert subscriptions.catch_up(tally).stopped == "backing_off"
+    Switch.objects.all().delete()  # the fix is deployed
+    assert subscriptions.retry_now("test-tally")
+    result = subscriptions.catch_up(tally)
+    assert result.stopped == "caught_up"
+    assert tallies() == {**before, bad_stream: (2, 3), **after}
+    checkpoint.refresh_from_db()
+    assert (checkpoint.error, checkpoint.error_position, checkpoint.retry_at) == ("", None, None)
+
+
+def test_a_failing_subscriber_does_not_block_others(tally, monkeypatch) -> None:
+    seen: list[int] = []
+
+    class Counter(ProcessManager):
+        name = "test-counter"
+
+        @handles(Noted)
+        def noted(self, event):
+            seen.append(event.position)
+
+    monkeypatch.setitem(subscriptions._subscribers, "test-counter", Counter())
+    store.append(f"tally-{uuid.uuid4()}", [Noted(text="boom"), Noted(text="after")])
+    Switch.objects.create(name="fail")
+    results = subscriptions.catch_up_all()
+    assert results["test-tally"].stopped == "failed"
+    assert results["test-counter"].processed == 2
+    assert len(seen) == 2
+
+
+def test_wake_up_while_the_holder_finishes_is_not_lost(tally) -> None:
+    """An event committed while the running subscriber finishes its batch is processed
+    by that run, although the wake-up it caused found the subscriber busy."""
+    Switch.objects.create(name="slow")
+    slow_stream = f"tally-{uuid.uuid4()}"
+    store.append(slow_stream, [Noted(text="slow")])
+    outcome: dict[str, subscriptions.CatchUpResult] = {}
+
+    def holder() -> None:
+        try:
+            outcome["holder"] = subscriptions.catch_up(tally)
+        finally:
+            connections.close_all()
+
+    running = threading.Thread(target=holder)
+    running.start()
+    time.sleep(0.2)  # the holder is inside its slow batch, holding the lock
+    late_stream = f"tally-{uuid.uuid4()}"
+    store.append(late_stream, [Noted(text="late", n=7)])
+    outcome["waker"] = subscriptions.catch_up(tally)  # what the wake-up task would do
+    running.join()
+    assert outcome["waker"].stopped == "busy"
+    assert outcome["holder"].processed == 2
+    assert tallies() == {slow_stream: (1, 0), late_stream: (1, 7)}
+
+
+def test_read_your_writes_waits_for_the_position(tally) -> None:
+    result = store.append(f"tally-{uuid.uuid4()}", [Noted(text="x")])
+    subscriptions.ensure_checkpoint(tally)
+    assert not subscriptions.wait_until_processed("test-tally", result.last_position, timeout=0.05)
+
+    def later() -> None:
+        time.sleep(0.2)
+        subscriptions.catch_up(tally)
+        connections.close_all()
+
+    threading.Thread(target=later).start()
+    assert subscriptions.wait_until_processed("test-tally", result.last_position, timeout=5)
+
+
+class TestReplay:
+    def test_replay_equals_incremental_build(self, tally) -> None:
+        write(40, 7)
+        subscriptions.catch_up(tally)
+        incremental = sorted(
+            Tally.objects.values_list("stream_id", "count", "total", "last_version")
+        )
+        with connection.cursor() as cursor:  # corrupt the read model; replay must repair it
+            cursor.execute("UPDATE testapp_tally SET total = -1")
+        result = replay.replay(tally, batch_size=50)
+        assert result.events == 280
+        assert result.rows == {"testapp_tally": 40}
+        rebuilt = sorted(Tally.objects.values_list("stream_id", "count", "total", "last_version"))
+        assert rebuilt == incremental
+        assert subscriptions.lag("test-tally") == 0
+        assert subscriptions.catch_up(tally).processed == 0
+
+    def test_readers_never_see_an_empty_or_partial_table(self, tally) -> None:
+        write(60, 5)
+        subscriptions.catch_up(tally)
+        observed: list[int] = []
+        done = threading.Event()
+
+        def reader() -> None:
+            try:
+                with connections["default"].cursor() as cursor:
+                    while not done.is_set():
+                        cursor.execute("SELECT count(*), sum(count) FROM testapp_tally")
+                        observed.append(tuple(cursor.fetchone()))
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        try:
+            replay.replay(tally, batch_size=10)
+        finally:
+            done.set()
+            thread.join()
+        assert len(observed) > 10
+        assert set(observed) == {(60, 300)}
+
+    def test_events_appended_during_replay_are_included(self, tally) -> None:
+        write(5, 5)
+        subscriptions.catch_up(tally)
+        extra: dict[str, tuple[int, int]] = {}
+
+        def progress(count: int) -> None:
+            if not extra:
+                extra.update(write(3, 2))  # lands between the rebuild's batches
+
+        replay.replay(tally, batch_size=5, progress=progress)
+        assert len(tallies()) == 8
+        assert all(tallies()[sid] == value for sid, value in extra.items())
+        assert subscriptions.catch_up(tally).processed == 0
+
+    def test_interrupted_replay_leaves_the_live_model_untouched(self, tally) -> None:
+        write(10, 3)
+        subscriptions.catch_up(tally)
+        live = tallies()
+        checkpoint = Checkpoint.objects.get(name="test-tally")
+
+        def interrupt(count: int) -> None:
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            replay.replay(tally, batch_size=5, progress=interrupt)
+        assert tallies() == live
+        after = Checkpoint.objects.get(name="test-tally")
+        assert (after.cursor_transaction_id, after.cursor_position) == (
+            checkpoint.cursor_transaction_id,
+            checkpoint.cursor_position,
+        )
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regnamespace(%s)", [replay.scratch_schema(tally)])
+            assert cursor.fetchone()[0] is None

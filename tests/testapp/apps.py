@@ -1,0 +1,13 @@
+from django.apps import AppConfig
+
+
+class TestAppConfig(AppConfig):
+    name = "tests.testapp"
+    label = "testapp"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from eventstore import subscriptions
+        from tests.testapp.projections import TallyProjection
+
+        subscriptions.register(TallyProjection())
