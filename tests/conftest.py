@@ -53,3 +53,18 @@ def run_in_threads(count: int, target: Callable[[int], Any]) -> list[Any]:
 @pytest.fixture
 def threads() -> Iterator[Callable[[int, Callable[[int], Any]], list[Any]]]:
     return run_in_threads
+
+
+@pytest.fixture
+def celery_worker(transactional_db) -> Iterator[Any]:
+    """A real Celery worker (in this process, a thread) consuming the real Redis broker."""
+    from celery.contrib.testing.worker import start_worker
+
+    import eventstore.tasks  # noqa: F401  (registers the tasks with the app)
+    from config.celery import app
+
+    app.control.purge()
+    with start_worker(
+        app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=30
+    ) as worker:
+        yield worker

@@ -1,0 +1,109 @@
+"""Subscribers driven by real Celery workers and a real Redis broker (invariants 5 and 6)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from eventstore import subscriptions
+from eventstore.models import Checkpoint, Event
+from eventstore.tasks import run_subscriber
+from tests.integration.test_subscriptions import tallies, write
+from tests.processes import (
+    RedisServer,
+    celery_beat,
+    celery_worker,
+    child_env,
+    wait_for,
+)
+from tests.testapp.models import Switch
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_appends_wake_the_projection_through_the_worker(celery_worker) -> None:
+    expected = write(10, 4)
+    wait_for(lambda: tallies() == expected, 20, "the worker to project every event")
+
+
+def test_duplicated_tasks_have_no_double_effect(celery_worker) -> None:
+    expected = write(20, 5)
+    for _ in range(20):
+        run_subscriber.delay("test-tally")
+    expected.update(write(5, 5))
+    wait_for(lambda: tallies() == expected, 20, "the worker to project every event")
+    time.sleep(0.5)  # let the duplicates run out; they must change nothing
+    assert tallies() == expected
+    assert Checkpoint.objects.get(name="test-tally").events_processed == 125
+
+
+def test_worker_killed_mid_batch_leaves_a_correct_read_model(tmp_path) -> None:
+    """SIGKILL a worker process in the middle of a batch, restart it: nothing doubled."""
+    Switch.objects.create(name="slow")
+    expected = write(8, 50, text="slow")  # 400 events; 100 per batch at 10 ms each
+    env = child_env(TALLY_SLOW_SECONDS="0.01")
+    worker = celery_worker(env, tmp_path / "worker1.log")
+    try:
+        subscriptions.ensure_checkpoint(subscriptions.get("test-tally"))
+        run_subscriber.delay("test-tally")
+        wait_for(
+            lambda: Checkpoint.objects.get(name="test-tally").events_processed >= 100,
+            30,
+            "the first batch to commit",
+        )
+        time.sleep(0.4)  # well inside the next batch
+    finally:
+        worker.kill()
+    processed = Checkpoint.objects.get(name="test-tally").events_processed
+    assert 100 <= processed < 400, worker.output()[-2000:]
+    assert sum(count for count, _ in tallies().values()) == processed
+
+    worker = celery_worker(env, tmp_path / "worker2.log")
+    try:
+        run_subscriber.delay("test-tally")
+        wait_for(lambda: tallies() == expected, 60, "the restarted worker to finish")
+    finally:
+        worker.stop()
+    assert Checkpoint.objects.get(name="test-tally").events_processed == 400
+
+
+def test_appends_while_redis_is_down_are_processed_when_it_returns(tmp_path) -> None:
+    redis = RedisServer(tmp_path)
+    redis.start()
+    env = child_env(REDIS_URL=redis.url, SUBSCRIBER_SAFETY_NET_SECONDS="1")
+    worker = celery_worker(env, tmp_path / "worker.log")
+    beat = celery_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule")
+    try:
+        redis.stop()
+        streams = [f"tally-{uuid.uuid4()}" for _ in range(5)]
+        script = (
+            "from eventstore import store\n"
+            "from tests.events import Noted\n"
+            f"for sid in {streams!r}:\n"
+            "    store.append(sid, [Noted(text='offline', n=i) for i in range(3)])\n"
+            "print('appended')\n"
+        )
+        appender = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", script],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert appender.returncode == 0, appender.stderr
+        assert "appended" in appender.stdout
+        assert "could not queue a wake-up" in appender.stderr
+        assert Event.objects.filter(stream_id__in=streams).count() == 15
+        assert tallies() == {}
+
+        redis.start()  # same port: the worker and beat reconnect
+        expected = dict.fromkeys(streams, (3, 3))
+        wait_for(lambda: tallies() == expected, 60, "the safety net to catch up")
+    finally:
+        beat.stop()
+        worker.stop()
+        redis.stop()
