@@ -1,14 +1,14 @@
 """Aggregates rebuilt from their streams, and the repository that loads and saves them.
 
 An aggregate method checks the business rules, then calls :meth:`Aggregate.record`;
-``apply`` (a ``singledispatchmethod``, one registration per event class) only changes
-state, so replaying history and recording new events run the same code.
+methods marked ``@when(EventClass)`` only change state, so replaying history and
+recording new events run the same code.
 """
 
 from __future__ import annotations
 
 import uuid
-from functools import singledispatchmethod
+from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
 from eventstore import store
@@ -16,10 +16,30 @@ from eventstore.errors import StreamNotFound
 from eventstore.store import NO_STREAM, AppendResult, NewEvent
 
 
+def when(event_class: type) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Mark an aggregate method as the state change for ``event_class``."""
+
+    def mark(method: Callable[..., None]) -> Callable[..., None]:
+        method._applies = event_class  # type: ignore[attr-defined]
+        return method
+
+    return mark
+
+
 class Aggregate:
     """Base of event-sourced aggregates: ``category`` names their streams."""
 
     category: ClassVar[str]
+    _appliers: ClassVar[dict[type, Callable[..., None]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._appliers = {
+            value._applies: value
+            for klass in reversed(cls.__mro__)
+            for value in vars(klass).values()
+            if hasattr(value, "_applies")
+        }
 
     def __init__(self, aggregate_id: uuid.UUID) -> None:
         self.id = aggregate_id
@@ -39,9 +59,12 @@ class Aggregate:
     def pending_events(self) -> list[Any]:
         return [new_event.payload for new_event in self._pending]
 
-    @singledispatchmethod
     def apply(self, event: object) -> None:
-        raise TypeError(f"{type(self).__name__} cannot apply {type(event).__name__}")
+        try:
+            applier = self._appliers[type(event)]
+        except KeyError:
+            raise TypeError(f"{type(self).__name__} cannot apply {type(event).__name__}") from None
+        applier(self, event)
 
     def record(self, event: object, *, event_id: uuid.UUID | None = None) -> None:
         """Apply a new event and keep it for the next save."""

@@ -12,8 +12,13 @@ from eventstore import subscriptions, wakeups
 logger = logging.getLogger(__name__)
 
 
+# Delays before looking again for events held above the horizon by an open transaction;
+# after the last one, the periodic safety net takes over.
+RECHECK_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
 @shared_task(name="eventstore.tasks.run_subscriber", acks_late=True, ignore_result=True)
-def run_subscriber(name: str) -> str:
+def run_subscriber(name: str, recheck: int = 0) -> str:
     """Catch one subscriber up; duplicates are harmless (lock + checkpoint)."""
     wakeups.clear(name)
     try:
@@ -25,6 +30,12 @@ def run_subscriber(name: str) -> str:
     result = subscriptions.catch_up(subscriber, time_budget=budget)
     if result.stopped == "time_budget":
         run_subscriber.delay(name)  # let other tasks in between long catch-ups
+    elif (
+        result.stopped == "caught_up"
+        and recheck < len(RECHECK_DELAYS)
+        and subscriptions.has_pending(subscriber)
+    ):
+        run_subscriber.apply_async((name, recheck + 1), countdown=RECHECK_DELAYS[recheck])
     return result.stopped
 
 

@@ -1,3 +1,10 @@
-"""Event store read API (the staff event feed)."""
+"""Event store API routes (staff only)."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from eventstore.api import EventFeedView, StreamView
+
+urlpatterns = [
+    path("events", EventFeedView.as_view(), name="event-feed"),
+    path("streams/<str:stream_id>", StreamView.as_view(), name="stream-detail"),
+]

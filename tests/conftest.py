@@ -68,3 +68,71 @@ def celery_worker(transactional_db) -> Iterator[Any]:
         app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=30
     ) as worker:
         yield worker
+
+
+@pytest.fixture
+def client_user(transactional_db) -> Any:
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user(username="client", password="client-pass-123")
+
+
+@pytest.fixture
+def api(client_user) -> Any:
+    """An API client authenticated with a bearer token (not staff)."""
+    from rest_framework.test import APIClient
+
+    from users.authentication import issue_token
+
+    _, token = issue_token(client_user, "tests")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    client.token = token
+    return client
+
+
+@pytest.fixture
+def staff(transactional_db) -> Any:
+    """A staff member logged in with a session, as in a browser."""
+    from django.contrib.auth import get_user_model
+    from rest_framework.test import APIClient
+
+    user = get_user_model().objects.create_user(
+        username="staff", password="staff-pass-123", is_staff=True
+    )
+    client = APIClient()
+    client.force_login(user)
+    client.user = user
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache() -> Iterator[None]:
+    """Throttle counters and wake-up keys live in Redis; start each test clean."""
+    from django.core.cache import cache
+
+    cache.clear()
+    return
+
+
+def settle(timeout: float = 60.0) -> None:
+    """Wait until every event committed so far is below the feed's horizon.
+
+    The horizon is cluster-wide: a transaction open in any database of the same
+    PostgreSQL server (another test run, a benchmark) holds it back. That delays
+    subscribers, it never makes them skip; tests that expect "caught up" wait here.
+    """
+    import time
+
+    from eventstore import store
+
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT max(transaction_id)::text FROM events")
+        newest = cursor.fetchone()[0]
+    if newest is None:
+        return
+    deadline = time.monotonic() + timeout
+    while store.horizon().transaction_id <= int(newest):
+        if time.monotonic() > deadline:
+            raise AssertionError("another transaction on this PostgreSQL server stays open")
+        time.sleep(0.01)

@@ -5,3 +5,10 @@ class UsersConfig(AppConfig):
     name = "users"
     verbose_name = "Users"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from eventstore import subscriptions
+        from users import events  # noqa: F401  (registers the event types)
+        from users.projections import UserListProjection
+
+        subscriptions.register(UserListProjection())

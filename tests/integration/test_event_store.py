@@ -402,14 +402,20 @@ def test_no_skipped_events_under_concurrent_out_of_order_commits() -> None:
         from django.db import connections
 
         cursor = None
+        # Stop once every event is seen, or (to report what is missing) well after the
+        # writers are done: the horizon may lag while some other transaction is open.
+        deadline = None
         try:
-            while True:
-                finished = done.is_set()
+            while len(seen) < total:
+                if done.is_set() and deadline is None:
+                    deadline = time.monotonic() + 60
+                if deadline is not None and time.monotonic() > deadline:
+                    return
                 page = store.read_all(cursor, limit=rng_limit())
                 seen.extend(page.events)
                 cursor = page.next_cursor
-                if finished and not page.events:
-                    return
+            extra = store.read_all(cursor)  # nothing may come twice
+            seen.extend(extra.events)
         except BaseException as exc:
             errors.append(exc)
         finally:

@@ -12,6 +12,7 @@ from django.db import connection, connections
 from eventstore import replay, store, subscriptions
 from eventstore.models import Checkpoint
 from eventstore.subscriptions import ProcessManager, handles
+from tests.conftest import settle
 from tests.events import Noted
 from tests.testapp.models import Switch, Tally
 
@@ -30,6 +31,7 @@ def write(stream_count: int, per_stream: int, text: str = "t") -> dict[str, tupl
         sid = f"tally-{uuid.uuid4()}"
         store.append(sid, [Noted(text=text, n=s * 1000 + i) for i in range(per_stream)])
         expected[sid] = (per_stream, sum(s * 1000 + i for i in range(per_stream)))
+    settle()
     return expected
 
 
@@ -79,7 +81,7 @@ def test_failing_handler_stops_at_the_event_and_resumes_after_the_fix(tally) -> 
     bad_stream = f"tally-{uuid.uuid4()}"
     store.append(bad_stream, [Noted(text="ok", n=1)])
     boom = store.append(bad_stream, [Noted(text="boom", n=2)])
-    after = write(2, 3)
+    after = write(2, 3)  # settles
     Switch.objects.create(name="fail")
 
     result = subscriptions.catch_up(tally)
@@ -115,6 +117,7 @@ def test_a_failing_subscriber_does_not_block_others(tally, monkeypatch) -> None:
     monkeypatch.setitem(subscriptions._subscribers, "test-counter", Counter())
     store.append(f"tally-{uuid.uuid4()}", [Noted(text="boom"), Noted(text="after")])
     Switch.objects.create(name="fail")
+    settle()
     results = subscriptions.catch_up_all()
     assert results["test-tally"].stopped == "failed"
     assert results["test-counter"].processed == 2
@@ -127,6 +130,7 @@ def test_wake_up_while_the_holder_finishes_is_not_lost(tally) -> None:
     Switch.objects.create(name="slow")
     slow_stream = f"tally-{uuid.uuid4()}"
     store.append(slow_stream, [Noted(text="slow")])
+    settle()
     outcome: dict[str, subscriptions.CatchUpResult] = {}
 
     def holder() -> None:
@@ -140,6 +144,7 @@ def test_wake_up_while_the_holder_finishes_is_not_lost(tally) -> None:
     time.sleep(0.2)  # the holder is inside its slow batch, holding the lock
     late_stream = f"tally-{uuid.uuid4()}"
     store.append(late_stream, [Noted(text="late", n=7)])
+    settle()
     outcome["waker"] = subscriptions.catch_up(tally)  # what the wake-up task would do
     running.join()
     assert outcome["waker"].stopped == "busy"
@@ -149,6 +154,7 @@ def test_wake_up_while_the_holder_finishes_is_not_lost(tally) -> None:
 
 def test_read_your_writes_waits_for_the_position(tally) -> None:
     result = store.append(f"tally-{uuid.uuid4()}", [Noted(text="x")])
+    settle()
     subscriptions.ensure_checkpoint(tally)
     assert not subscriptions.wait_until_processed("test-tally", result.last_position, timeout=0.05)
 

@@ -1,0 +1,33 @@
+"""Request guards that must run before any view reads the body."""
+
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from config.errors import PROBLEM_CONTENT_TYPE, problem
+
+
+class BodySizeLimitMiddleware:
+    """Answer 413 to bodies over DATA_UPLOAD_MAX_MEMORY_SIZE before anything parses them.
+
+    Django checks that limit only when ``request.body`` is read; DRF's parsers read the
+    stream directly, so the check is made here, from the declared length.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            body = problem(400, "The Content-Length header is not a number.")
+            return JsonResponse(body, status=400, content_type=PROBLEM_CONTENT_TYPE)
+        if limit is not None and length > limit and not request.path.startswith("/admin/"):
+            body = problem(413, f"The request body is {length} bytes; the limit is {limit}.")
+            return JsonResponse(body, status=413, content_type=PROBLEM_CONTENT_TYPE)
+        return self.get_response(request)

@@ -1,0 +1,226 @@
+"""HTTP pieces of the event store: the staff event feed, stream pages, and helpers that
+API views of any context share (metadata context, If-Match, event JSON, error docs)."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.permissions import IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from eventstore import store
+from eventstore.context import MessageContext, message_context
+from eventstore.cursor import Cursor
+from eventstore.errors import InvalidCursor
+from eventstore.store import RecordedEvent
+
+CORRELATION_HEADER = "X-Correlation-ID"
+
+ProblemSerializer = inline_serializer(
+    "Problem",
+    {
+        "type": serializers.URLField(),
+        "title": serializers.CharField(),
+        "status": serializers.IntegerField(),
+        "detail": serializers.CharField(),
+        "errors": serializers.DictField(
+            child=serializers.ListField(child=serializers.CharField()), required=False
+        ),
+    },
+)
+
+
+def _problem(description: str) -> OpenApiResponse:
+    return OpenApiResponse(ProblemSerializer, description=description)
+
+
+PROBLEM_RESPONSES = {
+    400: _problem("Invalid input; `errors` names each field and what to fix."),
+    401: _problem("No or invalid credentials."),
+    403: _problem("Authenticated, but not allowed."),
+    404: _problem("No such resource."),
+    409: _problem("Conflicts with the current state (duplicate email, existing id, deleted)."),
+    412: _problem("If-Match is stale; `current_version` says where the resource is."),
+    413: _problem("Request body too large."),
+    415: _problem("Send application/json."),
+    422: _problem("Idempotency-Key reused with a different request."),
+    429: _problem("Too many requests; see Retry-After."),
+    503: _problem("Database unavailable; retry later."),
+}
+
+
+@contextlib.contextmanager
+def command_context(request: Request) -> Iterator[MessageContext]:
+    """Metadata for the events a request causes: who, and which conversation."""
+    correlation = None
+    raw = request.headers.get(CORRELATION_HEADER)
+    if raw:
+        try:
+            correlation = uuid.UUID(raw)
+        except ValueError:
+            raise ValidationError(
+                {CORRELATION_HEADER: ["Must be a UUID, or leave the header out."]}
+            ) from None
+    user = request.user
+    actor = f"user:{user.get_username()}" if user and user.is_authenticated else "anonymous"
+    command_id = uuid.uuid4()
+    with message_context(
+        actor=actor, correlation_id=correlation or command_id, command_id=command_id
+    ) as context:
+        yield context
+
+
+def parse_if_match(request: Request) -> int | None:
+    """The version in ``If-Match: "3"`` (the ETag a read returned), or None if absent."""
+    raw = request.headers.get("If-Match")
+    if raw is None:
+        return None
+    value = raw.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    value = value.strip('"')
+    if not value.isdigit() or len(value) > 9:
+        raise ValidationError(
+            {"If-Match": [f'{raw!r} is not an ETag of this API; send the ETag you read, e.g. "3".']}
+        )
+    return int(value)
+
+
+def serialize_event(event: RecordedEvent) -> dict[str, Any]:
+    return {
+        "position": event.position,
+        "stream_id": event.stream_id,
+        "version": event.version,
+        "event_id": str(event.event_id),
+        "event_type": event.event_type,
+        "data": msgspec.to_builtins(event.data),
+        "metadata": event.metadata,
+        "recorded_at": event.recorded_at.isoformat(),
+    }
+
+
+class EventSerializer(serializers.Serializer):
+    position = serializers.IntegerField()
+    stream_id = serializers.CharField()
+    version = serializers.IntegerField()
+    event_id = serializers.UUIDField()
+    event_type = serializers.CharField()
+    data = serializers.DictField()
+    metadata = serializers.DictField()
+    recorded_at = serializers.DateTimeField()
+
+
+class FeedQuerySerializer(serializers.Serializer):
+    after = serializers.CharField(
+        required=False, max_length=40, help_text="The next_cursor of the previous page."
+    )
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=1000, default=100)
+    category = serializers.RegexField(
+        r"^[A-Za-z][A-Za-z0-9_]*$", required=False, max_length=100, help_text="e.g. user"
+    )
+    type = serializers.CharField(required=False, max_length=200, help_text="e.g. UserCreated")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            raise ValidationError({name: ["Unknown parameter."] for name in unknown})
+        return attrs
+
+
+class EventFeedView(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        operation_id="events_feed",
+        summary="The global event feed (staff)",
+        description="Every event in commit-safe order. Each page, the last one too, carries "
+        "`next_cursor`: poll with `after=<next_cursor>` to follow new events without "
+        "missing or re-reading any.",
+        parameters=[FeedQuerySerializer],
+        responses={
+            200: inline_serializer(
+                "EventFeedPage",
+                {"events": EventSerializer(many=True), "next_cursor": serializers.CharField()},
+            ),
+            **PROBLEM_RESPONSES,
+        },
+    )
+    def get(self, request: Request) -> Response:
+        query = FeedQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        params = query.validated_data
+        try:
+            after = Cursor.parse(params["after"]) if "after" in params else None
+        except InvalidCursor as exc:
+            raise ValidationError({"after": [str(exc)]}) from None
+        page = store.read_all(
+            after,
+            limit=params["limit"],
+            categories=[params["category"]] if "category" in params else None,
+            event_types=[params["type"]] if "type" in params else None,
+        )
+        return Response(
+            {
+                "events": [serialize_event(e) for e in page.events],
+                "next_cursor": str(page.next_cursor),
+            }
+        )
+
+
+class StreamQuerySerializer(serializers.Serializer):
+    from_version = serializers.IntegerField(required=False, min_value=0, default=0)
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=1000, default=100)
+
+
+class StreamView(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        operation_id="streams_retrieve",
+        summary="One stream's events (staff)",
+        parameters=[StreamQuerySerializer],
+        responses={
+            200: inline_serializer(
+                "StaffStreamPage",
+                {
+                    "stream_id": serializers.CharField(),
+                    "category": serializers.CharField(),
+                    "version": serializers.IntegerField(),
+                    "events": EventSerializer(many=True),
+                    "next_from_version": serializers.IntegerField(allow_null=True),
+                },
+            ),
+            **PROBLEM_RESPONSES,
+        },
+    )
+    def get(self, request: Request, stream_id: str) -> Response:
+        query = StreamQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        version = store.stream_version(stream_id)
+        if version is None:
+            raise NotFound(f"There is no stream {stream_id!r}.")
+        events = store.read_stream(
+            stream_id,
+            from_version=query.validated_data["from_version"],
+            limit=query.validated_data["limit"],
+        )
+        last = events[-1].version if events else None
+        return Response(
+            {
+                "stream_id": stream_id,
+                "category": store.category_of(stream_id),
+                "version": version,
+                "events": [serialize_event(e) for e in events],
+                "next_from_version": last + 1 if last is not None and last < version else None,
+            },
+            headers={"ETag": f'"{version}"'},
+        )

@@ -1,0 +1,341 @@
+"""The users API over HTTP (Django's test client through the real URLs and views)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.db import connections
+from rest_framework.test import APIClient
+
+from eventstore import store
+from eventstore.models import Event
+from tests.e2e.helpers import assert_problem, new_user, project
+from users.models import EmailReservation, UserRecord
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class TestCreate:
+    def test_created_with_location_etag_and_position(self, api) -> None:
+        response = api.post(
+            "/v1/users",
+            {"email": " Ada@Example.com", "first_name": " Ada ", "last_name": "Lovelace"},
+            format="json",
+        )
+        assert response.status_code == 201
+        body = response.json()
+        assert response["Location"] == f"/v1/users/{body['id']}"
+        assert response["ETag"] == '"0"'
+        assert body["email"] == "ada@example.com"
+        assert body["first_name"] == "Ada"
+        assert (body["status"], body["version"]) == ("active", 0)
+        event = Event.objects.get(position=body["position"])
+        assert (event.stream_id, event.event_type) == (f"user-{body['id']}", "UserCreated")
+        assert event.metadata["actor"] == "user:client"
+
+    def test_client_chosen_id_and_its_conflict(self, api) -> None:
+        user_id = str(uuid.uuid4())
+        assert new_user(api, id=user_id)["id"] == user_id
+        response = api.post(
+            "/v1/users",
+            {"id": user_id, "email": "other@example.com", "first_name": "A", "last_name": "B"},
+            format="json",
+        )
+        assert "exists already" in assert_problem(response, 409)["detail"]
+
+    def test_duplicate_email_in_any_case_is_a_conflict(self, api) -> None:
+        new_user(api, email="grace@example.com")
+        response = api.post(
+            "/v1/users",
+            {"email": "GRACE@example.COM", "first_name": "G", "last_name": "H"},
+            format="json",
+        )
+        assert "belongs to another user" in assert_problem(response, 409)["detail"]
+        assert EmailReservation.objects.count() == 1
+
+    def test_concurrent_creates_with_one_email_make_one_user(self, api, threads) -> None:
+        def create(i: int) -> int:
+            client = APIClient()
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {api.token}")
+            body = {"email": "race@example.com", "first_name": f"R{i}", "last_name": "X"}
+            return client.post("/v1/users", body, format="json").status_code
+
+        codes = threads(10, create)
+        assert sorted(codes) == [201] + [409] * 9
+        assert Event.objects.filter(event_type="UserCreated").count() == 1
+
+    @pytest.mark.parametrize(
+        ("body", "field"),
+        [
+            ({"email": "nope", "first_name": "A", "last_name": "B"}, "email"),
+            ({"email": "a@example.com", "first_name": "", "last_name": "B"}, "first_name"),
+            ({"email": "a@example.com", "first_name": "A" * 101, "last_name": "B"}, "first_name"),
+            ({"email": "a@example.com", "first_name": "A\tB", "last_name": "B"}, "first_name"),
+            ({"email": "a@example.com", "first_name": 7, "last_name": "B"}, "first_name"),
+            ({"email": ["a@example.com"], "first_name": "A", "last_name": "B"}, "email"),
+            ({"first_name": "A", "last_name": "B"}, "email"),
+            ({"email": "a@example.com", "first_name": "A", "last_name": "B", "age": 3}, "age"),
+            ({"id": "nope", "email": "a@example.com", "first_name": "A", "last_name": "B"}, "id"),
+        ],
+    )
+    def test_bad_fields_are_400_naming_the_field(self, api, body, field) -> None:
+        problem = assert_problem(api.post("/v1/users", body, format="json"), 400)
+        assert field in problem["errors"]
+        assert Event.objects.count() == 0
+
+
+class TestBadRequests:
+    def test_malformed_json(self, api) -> None:
+        response = api.post("/v1/users", "{bad", content_type="application/json")
+        assert "JSON parse error" in assert_problem(response, 400)["detail"]
+
+    @pytest.mark.parametrize("payload", ["[]", '"text"', "42", "null"])
+    def test_body_that_is_not_an_object(self, api, payload) -> None:
+        assert_problem(api.post("/v1/users", payload, content_type="application/json"), 400)
+
+    def test_wrong_content_type(self, api) -> None:
+        assert_problem(api.post("/v1/users", "email=a", content_type="text/plain"), 415)
+
+    def test_oversized_body(self, api) -> None:
+        body = {"email": "a@example.com", "first_name": "A" * 100_000, "last_name": "B"}
+        assert_problem(api.post("/v1/users", body, format="json"), 413)
+
+    def test_invalid_uuid_in_path(self, api) -> None:
+        for method in ("get", "put", "patch", "delete"):
+            assert_problem(getattr(api, method)("/v1/users/12345", {}, format="json"), 400)
+        assert_problem(api.get("/v1/users/xyz/events"), 400)
+
+    def test_method_not_allowed(self, api) -> None:
+        user = new_user(api)
+        assert_problem(api.post(f"/v1/users/{user['id']}", {}, format="json"), 405)
+        assert_problem(api.delete("/v1/users"), 405)
+
+    def test_unknown_user(self, api) -> None:
+        missing = uuid.uuid4()
+        assert_problem(api.get(f"/v1/users/{missing}"), 404)
+        assert_problem(api.patch(f"/v1/users/{missing}", {"first_name": "X"}, format="json"), 404)
+        assert_problem(api.delete(f"/v1/users/{missing}"), 404)
+        assert_problem(api.get(f"/v1/users/{missing}/events"), 404)
+
+    @pytest.mark.parametrize(
+        "query", ["limit=0", "limit=abc", "offset=-1", "status=gone", "ordering=password", "x=1"]
+    )
+    def test_bad_list_parameters(self, api, query) -> None:
+        assert_problem(api.get(f"/v1/users?{query}"), 400)
+
+
+class TestReadModel:
+    def test_list_filters_search_ordering_and_pages(self, api) -> None:
+        new_user(api, email="b@example.com", first_name="Bea", last_name="Zed")
+        new_user(api, email="a@example.com", first_name="Al", last_name="Young")
+        gone = new_user(api, email="c@example.com", first_name="Cy", last_name="Xu")
+        api.delete(f"/v1/users/{gone['id']}")
+        project()
+        page = api.get("/v1/users?ordering=email&limit=2").json()
+        assert page["count"] == 3
+        assert [u["email"] for u in page["results"]] == ["a@example.com", "b@example.com"]
+        assert page["next"] is not None
+        assert [u["email"] for u in api.get("/v1/users?status=deleted").json()["results"]] == [
+            "c@example.com"
+        ]
+        assert api.get("/v1/users?email=B@EXAMPLE.com").json()["count"] == 1
+        assert [u["first_name"] for u in api.get("/v1/users?search=you").json()["results"]] == [
+            "Al"
+        ]
+        assert api.get("/v1/users?search=zz%27%3B--").json()["count"] == 0
+
+    def test_detail_etag_is_the_version(self, api) -> None:
+        user = new_user(api)
+        api.patch(f"/v1/users/{user['id']}", {"last_name": "King"}, format="json")
+        project()
+        response = api.get(f"/v1/users/{user['id']}")
+        assert response.status_code == 200
+        assert response["ETag"] == '"1"'
+        assert response.json()["last_name"] == "King"
+
+
+class TestUpdates:
+    def test_put_patch_and_noop(self, api) -> None:
+        user = new_user(api, email="p@example.com")
+        put = api.put(
+            f"/v1/users/{user['id']}",
+            {"email": "p@example.com", "first_name": "Pat", "last_name": "Lee"},
+            format="json",
+        )
+        assert put.status_code == 200
+        assert put.json()["version"] == 1
+        stored = store.read_stream(f"user-{user['id']}")[-1].data
+        assert (stored.email, stored.first_name, stored.last_name) == (None, "Pat", "Lee")
+        noop = api.patch(f"/v1/users/{user['id']}", {"first_name": "Pat"}, format="json")
+        assert noop.status_code == 200
+        assert (noop.json()["version"], noop.json()["position"]) == (1, None)
+        incomplete = api.put(f"/v1/users/{user['id']}", {"first_name": "X"}, format="json")
+        assert {"email", "last_name"} <= set(assert_problem(incomplete, 400)["errors"])
+
+    def test_if_match(self, api) -> None:
+        user = new_user(api)
+        url = f"/v1/users/{user['id']}"
+        ok = api.patch(url, {"first_name": "B"}, format="json", HTTP_IF_MATCH='"0"')
+        assert ok.status_code == 200
+        stale = api.patch(url, {"first_name": "C"}, format="json", HTTP_IF_MATCH='"0"')
+        assert assert_problem(stale, 412)["current_version"] == 1
+        assert_problem(api.patch(url, {"first_name": "C"}, format="json", HTTP_IF_MATCH="v1"), 400)
+        assert_problem(api.delete(url, HTTP_IF_MATCH='"0"'), 412)
+        assert api.delete(url, HTTP_IF_MATCH='W/"1"').status_code == 204
+
+    def test_twenty_concurrent_conditional_writes_one_wins(self, api, threads) -> None:
+        user = new_user(api)
+
+        def write(i: int) -> int:
+            client = APIClient()
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {api.token}")
+            return client.patch(
+                f"/v1/users/{user['id']}",
+                {"last_name": f"Writer{i}"},
+                format="json",
+                HTTP_IF_MATCH='"0"',
+            ).status_code
+
+        codes = threads(20, write)
+        assert sorted(codes) == [200] + [412] * 19
+        assert store.stream_version(f"user-{user['id']}") == 1
+
+    def test_unpinned_concurrent_writes_all_land(self, api, threads) -> None:
+        user = new_user(api)
+
+        def write(i: int) -> int:
+            client = APIClient()
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {api.token}")
+            response = client.patch(
+                f"/v1/users/{user['id']}", {"last_name": f"W{i}"}, format="json"
+            )
+            return response.status_code
+
+        codes = threads(4, write)
+        assert all(code in (200, 409) for code in codes)
+        assert store.stream_version(f"user-{user['id']}") == codes.count(200)
+
+    def test_email_change_moves_the_reservation(self, api) -> None:
+        first = new_user(api, email="one@example.com")
+        api.patch(f"/v1/users/{first['id']}", {"email": "two@example.com"}, format="json")
+        assert new_user(api, email="one@example.com")["email"] == "one@example.com"
+        taken = api.post(
+            "/v1/users",
+            {"email": "two@example.com", "first_name": "A", "last_name": "B"},
+            format="json",
+        )
+        assert_problem(taken, 409)
+
+
+class TestDelete:
+    def test_delete_then_everything_else_is_409(self, api) -> None:
+        user = new_user(api, email="del@example.com")
+        url = f"/v1/users/{user['id']}"
+        response = api.delete(url)
+        assert response.status_code == 204
+        assert response["ETag"] == '"1"'
+        assert int(response["Position"]) > user["position"]
+        assert_problem(api.delete(url), 409)
+        assert_problem(api.patch(url, {"first_name": "Z"}, format="json"), 409)
+        assert new_user(api, email="del@example.com")  # the email is free again
+        project()
+        assert UserRecord.objects.get(id=user["id"]).status == "deleted"
+
+
+class TestEvents:
+    def test_user_events_with_metadata_and_pages(self, api) -> None:
+        user = new_user(api)
+        for i in range(4):
+            api.patch(f"/v1/users/{user['id']}", {"first_name": f"N{i}"}, format="json")
+        first = api.get(f"/v1/users/{user['id']}/events?limit=3").json()
+        assert [e["version"] for e in first["events"]] == [0, 1, 2]
+        assert first["events"][0]["event_type"] == "UserCreated"
+        assert first["events"][0]["data"]["email"] == user["email"]
+        assert set(first["events"][0]["metadata"]) >= {"correlation_id", "causation_id", "actor"}
+        rest = api.get(f"/v1/users/{user['id']}/events?from_version=3").json()
+        assert [e["version"] for e in rest["events"]] == [3, 4]
+        assert rest["next_from_version"] is None
+        assert first["next_from_version"] == 3
+
+    def test_correlation_header_is_kept(self, api) -> None:
+        correlation = str(uuid.uuid4())
+        response = api.post(
+            "/v1/users",
+            {"email": "c@example.com", "first_name": "C", "last_name": "D"},
+            format="json",
+            HTTP_X_CORRELATION_ID=correlation,
+        )
+        event = Event.objects.get(position=response.json()["position"])
+        assert event.metadata["correlation_id"] == correlation
+        bad = api.post(
+            "/v1/users",
+            {"email": "e@example.com", "first_name": "C", "last_name": "D"},
+            format="json",
+            HTTP_X_CORRELATION_ID="not-a-uuid",
+        )
+        assert_problem(bad, 400)
+
+
+class TestIdempotency:
+    def test_same_key_same_body_replays(self, api) -> None:
+        body = {"email": "idem@example.com", "first_name": "I", "last_name": "D"}
+        first = api.post("/v1/users", body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+        again = api.post("/v1/users", body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+        assert first.status_code == again.status_code == 201
+        assert again.json() == first.json()
+        assert again["Location"] == first["Location"]
+        assert again["Idempotent-Replayed"] == "true"
+        assert Event.objects.count() == 1
+
+    def test_same_key_other_body_is_422(self, api) -> None:
+        body = {"email": "idem@example.com", "first_name": "I", "last_name": "D"}
+        api.post("/v1/users", body, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+        other = api.post(
+            "/v1/users", {**body, "first_name": "J"}, format="json", HTTP_IDEMPOTENCY_KEY="k-2"
+        )
+        assert_problem(other, 422)
+        assert Event.objects.count() == 1
+
+    def test_failed_request_does_not_burn_the_key(self, api) -> None:
+        bad = {"email": "nope", "first_name": "I", "last_name": "D"}
+        assert_problem(api.post("/v1/users", bad, format="json", HTTP_IDEMPOTENCY_KEY="k-3"), 400)
+        good = {**bad, "email": "fixed@example.com"}
+        assert (
+            api.post("/v1/users", good, format="json", HTTP_IDEMPOTENCY_KEY="k-3").status_code
+            == 201
+        )
+
+    def test_concurrent_repeats_create_once(self, api, threads) -> None:
+        body = {"email": "conc@example.com", "first_name": "I", "last_name": "D"}
+
+        def post(i: int) -> tuple[int, str]:
+            client = APIClient()
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {api.token}")
+            response = client.post("/v1/users", body, format="json", HTTP_IDEMPOTENCY_KEY="k-4")
+            return response.status_code, response.json()["id"]
+
+        results = threads(8, post)
+        assert {code for code, _ in results} == {201}
+        assert len({user_id for _, user_id in results}) == 1
+        assert Event.objects.count() == 1
+
+    def test_keys_are_per_client(self, api, staff) -> None:
+        body = {"email": "x1@example.com", "first_name": "I", "last_name": "D"}
+        api.post("/v1/users", body, format="json", HTTP_IDEMPOTENCY_KEY="shared")
+        other = staff.post(
+            "/v1/users", {**body, "email": "x2@example.com"}, format="json",
+            HTTP_IDEMPOTENCY_KEY="shared",
+        )  # fmt: skip
+        assert other.status_code == 201
+
+
+def test_read_your_writes_with_a_real_worker(api, celery_worker) -> None:
+    for _ in range(3):
+        user = new_user(api)
+        detail = api.get(f"/v1/users/{user['id']}?wait_for={user['position']}")
+        assert detail.status_code == 200, detail.content
+        assert detail["Read-Model-Caught-Up"] == "true"
+        listed = api.get(f"/v1/users?email={user['email']}&wait_for={user['position']}").json()
+        assert listed["count"] == 1
+    connections.close_all()

@@ -1,0 +1,289 @@
+"""The users HTTP API: thin views over handlers (writes) and selectors (reads)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+)
+from rest_framework import status
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.errors import PreconditionFailed
+from eventstore import store, subscriptions
+from eventstore.api import (
+    PROBLEM_RESPONSES,
+    command_context,
+    parse_if_match,
+    serialize_event,
+)
+from eventstore.errors import ConcurrencyError
+from users import handlers, selectors
+from users.commands import CreateUser, DeleteUser, UpdateUser
+from users.errors import UserNotFound
+from users.handlers import CommandResult
+from users.idempotency import idempotent
+from users.projections import UserListProjection
+from users.serializers import (
+    StreamPageQuerySerializer,
+    UserCreateSerializer,
+    UserEventsPageSerializer,
+    UserListQuerySerializer,
+    UserPatchSerializer,
+    UserReplaceSerializer,
+    UserSerializer,
+    UserWriteResultSerializer,
+    WaitForQuerySerializer,
+)
+
+IF_MATCH = OpenApiParameter(
+    "If-Match",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description='The ETag you read (e.g. "3"): the write happens only if the user is still '
+    "at that version, else 412.",
+)
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description="Repeat a POST safely: the same key and body return the first response "
+    "and write nothing; the same key with another body is 422.",
+)
+ETAG = OpenApiParameter(
+    "ETag",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    response=[200, 201, 204],
+    description='The stream version, quoted ("3"); send it back as If-Match.',
+)
+LOCATION = OpenApiParameter(
+    "Location", OpenApiTypes.URI, OpenApiParameter.HEADER, response=[201],
+    description="URL of the new user.",
+)  # fmt: skip
+CAUGHT_UP = OpenApiParameter(
+    "Read-Model-Caught-Up",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    response=[200],
+    description="With wait_for: whether the read model reached that position in time.",
+)
+POSITION = OpenApiParameter(
+    "Position", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[204],
+    description="Global position of the event the delete recorded.",
+)  # fmt: skip
+CREATE_EXAMPLE = OpenApiExample(
+    "New user",
+    value={"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace"},
+    request_only=True,
+)
+
+
+def _validated(serializer_class: type, data: Any, **kwargs: Any) -> dict[str, Any]:
+    serializer = serializer_class(data=data, **kwargs)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _user_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise ValidationError({"id": [f"{raw!r} is not a valid UUID."]}) from None
+
+
+def _write_response(result: CommandResult, status_code: int = 200, **headers: str) -> Response:
+    user = result.user
+    body = UserWriteResultSerializer(
+        {
+            "id": user.id,
+            "email": user.email,
+            "first_name": user.first_name,
+            "last_name": user.last_name,
+            "status": user.status,
+            "welcomed_at": user.welcomed_at,
+            "version": user.version,
+            "position": result.position,
+        }
+    ).data
+    return Response(body, status=status_code, headers={"ETag": f'"{user.version}"', **headers})
+
+
+def _wait_for_read_model(request: Request, position: int | None) -> dict[str, str]:
+    """Read-your-writes: wait (bounded) for the users projection to reach ``position``."""
+    if position is None:
+        return {}
+    caught_up = subscriptions.wait_until_processed(
+        UserListProjection.name, position, timeout=settings.READ_YOUR_WRITES_TIMEOUT_SECONDS
+    )
+    return {"Read-Model-Caught-Up": "true" if caught_up else "false"}
+
+
+def _handle_conditional(command: Any) -> CommandResult:
+    try:
+        return handlers.handle(command)
+    except ConcurrencyError as exc:
+        if getattr(command, "expected_version", None) is None:
+            raise
+        error = PreconditionFailed(
+            f"The user is at version {exc.actual}, not {exc.expected}; reload it and retry."
+        )
+        error.problem_extra = {"current_version": exc.actual}  # type: ignore[attr-defined]
+        raise error from None
+
+
+class UserListView(APIView):
+    @extend_schema(
+        operation_id="users_list",
+        summary="List users",
+        description="Users from the read model, newest first unless `ordering` says otherwise. "
+        "Pass `wait_for` (a position from a write) to read your own writes.",
+        parameters=[UserListQuerySerializer, CAUGHT_UP],
+        responses={200: UserSerializer(many=True), **PROBLEM_RESPONSES},
+    )
+    def get(self, request: Request) -> Response:
+        query = _validated(UserListQuerySerializer, request.query_params)
+        headers = _wait_for_read_model(request, query.get("wait_for"))
+        users = selectors.user_list(
+            email=query.get("email"), status=query.get("status"), search=query.get("search")
+        ).order_by(query["ordering"], "id")
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(users, request, view=self)
+        response = paginator.get_paginated_response(UserSerializer(page, many=True).data)
+        for name, value in headers.items():
+            response[name] = value
+        return response
+
+    @extend_schema(
+        operation_id="users_create",
+        summary="Create a user",
+        description="Records `UserCreated` on a new stream `user-<id>`. The email must be "
+        "unused (case-insensitive): else 409. A client-chosen `id` that exists is 409.",
+        request=UserCreateSerializer,
+        parameters=[IDEMPOTENCY_KEY, ETAG, LOCATION],
+        examples=[CREATE_EXAMPLE],
+        responses={
+            201: OpenApiResponse(UserWriteResultSerializer, description="Created."),
+            **PROBLEM_RESPONSES,
+        },
+    )
+    @idempotent
+    def post(self, request: Request) -> Response:
+        data = _validated(UserCreateSerializer, request.data)
+        command = CreateUser(
+            user_id=data.get("id") or uuid.uuid4(),
+            email=data["email"],
+            first_name=data["first_name"],
+            last_name=data["last_name"],
+        )
+        with command_context(request):
+            result = handlers.handle(command)
+        return _write_response(result, 201, Location=f"/v1/users/{result.user.id}")
+
+
+class UserDetailView(APIView):
+    @extend_schema(
+        operation_id="users_retrieve",
+        summary="Get a user",
+        parameters=[WaitForQuerySerializer, ETAG, CAUGHT_UP],
+        responses={200: UserSerializer, **PROBLEM_RESPONSES},
+    )
+    def get(self, request: Request, user_id: str) -> Response:
+        query = _validated(WaitForQuerySerializer, request.query_params)
+        headers = _wait_for_read_model(request, query.get("wait_for"))
+        user = selectors.user_detail(_user_id(user_id))
+        return Response(UserSerializer(user).data, headers={"ETag": f'"{user.version}"', **headers})
+
+    @extend_schema(
+        operation_id="users_replace",
+        summary="Replace a user's fields",
+        description="All fields required; records `UserUpdated` with the fields that change "
+        "(nothing if none does).",
+        request=UserReplaceSerializer,
+        parameters=[IF_MATCH, ETAG],
+        responses={200: UserWriteResultSerializer, **PROBLEM_RESPONSES},
+    )
+    def put(self, request: Request, user_id: str) -> Response:
+        return self._update(request, user_id, UserReplaceSerializer)
+
+    @extend_schema(
+        operation_id="users_partial_update",
+        summary="Change some of a user's fields",
+        request=UserPatchSerializer,
+        parameters=[IF_MATCH, ETAG],
+        responses={200: UserWriteResultSerializer, **PROBLEM_RESPONSES},
+    )
+    def patch(self, request: Request, user_id: str) -> Response:
+        return self._update(request, user_id, UserPatchSerializer)
+
+    def _update(self, request: Request, user_id: str, serializer_class: type) -> Response:
+        uid = _user_id(user_id)
+        expected = parse_if_match(request)
+        data = _validated(serializer_class, request.data)
+        command = UpdateUser(user_id=uid, expected_version=expected, **data)
+        with command_context(request):
+            result = _handle_conditional(command)
+        return _write_response(result)
+
+    @extend_schema(
+        operation_id="users_destroy",
+        summary="Delete a user",
+        description="Records `UserDeleted`; the email becomes free again. A deleted user "
+        "stays in the list with status `deleted`; deleting it again is 409.",
+        parameters=[IF_MATCH, ETAG, POSITION],
+        responses={
+            204: OpenApiResponse(description="Deleted; ETag and Position headers tell where."),
+            **PROBLEM_RESPONSES,
+        },
+    )
+    def delete(self, request: Request, user_id: str) -> Response:
+        uid = _user_id(user_id)
+        command = DeleteUser(user_id=uid, expected_version=parse_if_match(request))
+        with command_context(request):
+            result = _handle_conditional(command)
+        return Response(
+            status=status.HTTP_204_NO_CONTENT,
+            headers={"ETag": f'"{result.version}"', "Position": str(result.position)},
+        )
+
+
+class UserEventsView(APIView):
+    @extend_schema(
+        operation_id="users_events",
+        summary="A user's events",
+        description="The user's stream, oldest first, with metadata (who, correlation, "
+        "causation). Page with `from_version`.",
+        parameters=[StreamPageQuerySerializer, ETAG],
+        responses={200: UserEventsPageSerializer, **PROBLEM_RESPONSES},
+    )
+    def get(self, request: Request, user_id: str) -> Response:
+        uid = _user_id(user_id)
+        query = _validated(StreamPageQuerySerializer, request.query_params)
+        stream_id = f"user-{uid}"
+        version = store.stream_version(stream_id)
+        if version is None:
+            raise UserNotFound(uid)
+        events = store.read_stream(
+            stream_id, from_version=query["from_version"], limit=query["limit"]
+        )
+        next_version = events[-1].version + 1 if events and events[-1].version < version else None
+        return Response(
+            {
+                "stream_id": stream_id,
+                "version": version,
+                "events": [serialize_event(e) for e in events],
+                "next_from_version": next_version,
+            },
+            headers={"ETag": f'"{version}"'},
+        )

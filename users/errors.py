@@ -1,0 +1,45 @@
+"""Business-rule errors of the users context; the API maps each to one status code."""
+
+from uuid import UUID
+
+
+class UserError(Exception):
+    """Base of the users context's errors."""
+
+
+class InvalidUserData(UserError, ValueError):
+    """Field values that break a rule; ``errors`` maps field name to messages."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
+        self.errors = errors
+
+
+class UserNotFound(UserError, LookupError):
+    def __init__(self, user_id: UUID) -> None:
+        super().__init__(f"user {user_id} does not exist")
+        self.user_id = user_id
+
+
+class UserAlreadyExists(UserError):
+    def __init__(self, user_id: UUID) -> None:
+        super().__init__(f"a user with id {user_id} exists already")
+        self.user_id = user_id
+
+
+class EmailAlreadyTaken(UserError):
+    def __init__(self, email: str) -> None:
+        super().__init__(f"the email address {email} belongs to another user")
+        self.email = email
+
+
+class UserIsDeleted(UserError):
+    def __init__(self, user_id: UUID) -> None:
+        super().__init__(f"user {user_id} is deleted and cannot change any more")
+        self.user_id = user_id
+
+
+class AlreadyWelcomed(UserError):
+    def __init__(self, user_id: UUID) -> None:
+        super().__init__(f"user {user_id} has been welcomed already")
+        self.user_id = user_id

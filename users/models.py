@@ -1,0 +1,105 @@
+"""Tables of the users context.
+
+``UserRecord`` is the read model: written only by :mod:`users.projections`, rebuilt
+from the events by ``replay_projections``. ``EmailReservation`` belongs to the write
+side: handlers reserve a normalised email in the same transaction as the append, which
+is how a rule spanning many aggregates (one user per email) holds under concurrency.
+``ApiToken`` and ``IdempotentRequest`` serve the HTTP API.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models.functions import Now
+
+
+class UserRecord(models.Model):
+    """The user list the API queries (one row per user stream)."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        DELETED = "deleted"
+
+    id = models.UUIDField(primary_key=True)
+    email = models.TextField()
+    first_name = models.TextField()
+    last_name = models.TextField()
+    status = models.TextField(choices=Status.choices, default=Status.ACTIVE)
+    welcomed_at = models.DateTimeField(null=True, blank=True)
+    version = models.IntegerField(help_text="Version of the last event projected.")
+    last_position = models.BigIntegerField(help_text="Global position of that event.")
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "users_user"
+        verbose_name = "user (read model)"
+        verbose_name_plural = "users (read model)"
+        ordering = ["-created_at", "id"]
+        indexes = [
+            models.Index(fields=["email"], name="users_user_email_idx"),
+            models.Index(fields=["status", "-created_at"], name="users_user_status_idx"),
+            models.Index(fields=["-created_at", "id"], name="users_user_created_idx"),
+            models.Index(fields=["last_name", "first_name"], name="users_user_name_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.first_name} {self.last_name} <{self.email}>"
+
+    @property
+    def stream_id(self) -> str:
+        return f"user-{self.id}"
+
+
+class EmailReservation(models.Model):
+    """One row per email in use; the unique key is what makes emails unique."""
+
+    email = models.TextField(primary_key=True)
+    user_id = models.UUIDField(unique=True)
+    reserved_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "users_email_reservation"
+
+    def __str__(self) -> str:
+        return self.email
+
+
+class ApiToken(models.Model):
+    """A bearer token of an API client. Only its SHA-256 is stored."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100, blank=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=8, help_text="First characters, to tell tokens apart.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "users_api_token"
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
+
+
+class IdempotentRequest(models.Model):
+    """The first response to a POST with an ``Idempotency-Key``, replayed for repeats."""
+
+    client = models.TextField()
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField()
+    body = models.JSONField()
+    headers = models.JSONField(default=dict)
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "users_idempotent_request"
+        constraints = [
+            models.UniqueConstraint(fields=["client", "key"], name="users_idempotency_key_uniq")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.client}:{self.key}"
