@@ -159,6 +159,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=SUBSCRIBER_SAFETY_NET_SECONDS),
         "options": {"expires": SUBSCRIBER_SAFETY_NET_SECONDS},
     },
+    "sweep-due-sagas": {
+        "task": "sagas.tasks.sweep_due_sagas",
+        "schedule": timedelta(seconds=SUBSCRIBER_SAFETY_NET_SECONDS),
+        "options": {"expires": SUBSCRIBER_SAFETY_NET_SECONDS},
+    },
 }
 
 # --- REST API -----------------------------------------------------------------
@@ -220,6 +225,7 @@ EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="welcome@users.local")
 WELCOME_DELAY_SECONDS = env.float("WELCOME_DELAY_SECONDS", default=1.0)
+SITE_NAME = env.str("SITE_NAME", default="the user service")
 
 # --- Security behind TLS (see README, "Production") -------------------------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if PRODUCTION else None

@@ -5,3 +5,9 @@ class SagasConfig(AppConfig):
     name = "sagas"
     verbose_name = "Sagas"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from eventstore import subscriptions
+        from sagas.welcome import WelcomeSaga
+
+        subscriptions.register(WelcomeSaga())

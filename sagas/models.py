@@ -1,0 +1,48 @@
+"""Saga state: one row per saga instance, written only by the saga's own steps."""
+
+from django.db import models
+from django.db.models.functions import Now
+
+
+class SagaInstance(models.Model):
+    """Where one run of a saga is, what it handled and issued, and why it failed if so."""
+
+    class Status(models.TextChoices):
+        STARTED = "started"
+        WAITING = "waiting"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    saga_type = models.CharField(max_length=100)
+    correlation_key = models.CharField(max_length=200, help_text="For the welcome saga: user id.")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.STARTED)
+    step = models.CharField(max_length=50, help_text="The next thing the saga will do.")
+    attempts = models.PositiveIntegerField(default=0, help_text="Failed tries of the step.")
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    handled_events = models.JSONField(default=list, help_text="Ids of the events handled.")
+    issued_commands = models.JSONField(default=list, help_text="Ids of the commands issued.")
+    data = models.JSONField(default=dict, help_text="What the steps need (email, names...).")
+    started_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(db_default=Now())
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "sagas_instance"
+        ordering = ["-started_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["saga_type", "correlation_key"], name="sagas_one_per_key"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="sagas_due_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.saga_type} {self.correlation_key} ({self.status})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in (self.Status.STARTED, self.Status.WAITING)

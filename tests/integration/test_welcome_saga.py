@@ -1,0 +1,235 @@
+"""The welcome saga under retries, races and crashes (real PostgreSQL, Redis, Celery)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from django.core import mail
+from django.utils import timezone
+
+from eventstore import store, subscriptions
+from eventstore.models import Event
+from sagas import welcome
+from sagas.models import SagaInstance
+from tests.conftest import settle
+from tests.processes import celery_beat, celery_worker, child_env, wait_for
+from tests.testapp.mail import FlakyBackend
+from tests.testapp.models import Switch
+from users import handlers
+from users.commands import CreateUser, DeleteUser
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def create_user(email: str | None = None) -> uuid.UUID:
+    result = handlers.handle(
+        CreateUser(
+            email=email or f"w{uuid.uuid4().hex[:8]}@example.com",
+            first_name="Wil",
+            last_name="Come",
+        )
+    )
+    return result.user.id
+
+
+def run_saga_subscriber() -> None:
+    settle()
+    subscriptions.catch_up(subscriptions.get("welcome-saga"))
+
+
+def instance_for(user_id: uuid.UUID) -> SagaInstance:
+    return SagaInstance.objects.get(saga_type="welcome", correlation_key=str(user_id))
+
+
+def welcomes(user_id: uuid.UUID) -> int:
+    return Event.objects.filter(stream_id=f"user-{user_id}", event_type="UserWelcomed").count()
+
+
+def drive(user_id: uuid.UUID) -> None:
+    """Run the saga in this process, step by step, as the worker would."""
+    for _ in range(4):
+        run_saga_subscriber()
+        instance = instance_for(user_id)
+        if not instance.is_open:
+            return
+        welcome.run(instance.pk)
+
+
+def test_a_created_user_is_welcomed_once_by_the_worker(celery_worker, settings) -> None:
+    user_id = create_user("hello@example.com")
+    wait_for(lambda: SagaInstance.objects.filter(status="completed").count() == 1, 30, "saga")
+    instance = instance_for(user_id)
+    assert instance.step == "done"
+    assert welcomes(user_id) == 1
+    assert len(mail.outbox) == 1
+    assert mail.outbox[0].to == ["hello@example.com"]
+    assert "Wil" in mail.outbox[0].body
+    assert mail.outbox[0].alternatives[0][1] == "text/html"
+    assert len(instance.handled_events) == 2  # UserCreated and UserWelcomed
+    assert instance.issued_commands == [str(welcome.welcome_command_id(instance))]
+
+
+def test_deleted_before_the_delay_is_cancelled(settings) -> None:
+    settings.WELCOME_DELAY_SECONDS = 30
+    user_id = create_user()
+    run_saga_subscriber()
+    instance = instance_for(user_id)
+    assert (instance.status, instance.step) == ("waiting", "welcome")
+    assert welcome.run(instance.pk) == "not due"
+    handlers.handle(DeleteUser(user_id=user_id))
+    run_saga_subscriber()
+    instance.refresh_from_db()
+    assert instance.status == "cancelled"
+    SagaInstance.objects.filter(pk=instance.pk).update(next_attempt_at=timezone.now())
+    assert welcome.run(instance.pk) == "already cancelled"
+    assert welcomes(user_id) == 0
+    assert mail.outbox == []
+
+
+def test_deleted_while_the_step_runs_cancels_without_welcome() -> None:
+    user_id = create_user()
+    run_saga_subscriber()
+    handlers.handle(DeleteUser(user_id=user_id))  # the saga has not seen it yet
+    welcome.run(instance_for(user_id).pk)
+    assert instance_for(user_id).status == "cancelled"
+    assert welcomes(user_id) == 0
+    assert mail.outbox == []
+
+
+def test_the_same_user_created_twice_and_racing_steps_welcome_once(threads) -> None:
+    user_id = create_user()
+    created = store.read_stream(f"user-{user_id}")[0]
+    saga = subscriptions.get("welcome-saga")
+    run_saga_subscriber()
+    saga.handle_batch([created])  # a redelivery, outside the checkpoint's protection
+    assert SagaInstance.objects.filter(correlation_key=str(user_id)).count() == 1
+    instance_id = instance_for(user_id).pk
+
+    threads(6, lambda i: welcome.run(instance_id))  # six workers race on the welcome step
+    assert welcomes(user_id) == 1
+    run_saga_subscriber()
+    threads(6, lambda i: welcome.run(instance_id))  # and on the email step
+    assert welcomes(user_id) == 1
+    assert len(mail.outbox) == 1
+    assert instance_for(user_id).status == "completed"
+
+
+def test_email_failing_twice_then_working_sends_one(settings) -> None:
+    settings.EMAIL_BACKEND = "tests.testapp.mail.FlakyBackend"
+    FlakyBackend.failures_left = 2
+    user_id = create_user()
+    run_saga_subscriber()
+    welcome.run(instance_for(user_id).pk)
+    run_saga_subscriber()  # sees UserWelcomed: now the email step
+    instance = instance_for(user_id)
+    for attempt in (1, 2):
+        assert welcome.run(instance.pk) == "failed attempt"
+        instance.refresh_from_db()
+        assert (instance.attempts, instance.step) == (attempt, "send_email")
+        assert "ConnectionRefusedError" in instance.last_error
+        assert instance.next_attempt_at > timezone.now()
+        assert welcome.run(instance.pk) == "not due"  # backing off
+        SagaInstance.objects.filter(pk=instance.pk).update(next_attempt_at=timezone.now())
+    assert welcome.run(instance.pk) == "done"
+    instance.refresh_from_db()
+    assert (instance.status, instance.attempts) == ("completed", 2)
+    assert len(mail.outbox) == 1
+    assert welcomes(user_id) == 1
+
+
+def test_causation_and_correlation_along_the_chain() -> None:
+    from eventstore.context import message_context
+
+    correlation, command = uuid.uuid4(), uuid.uuid4()
+    with message_context(actor="user:alice", correlation_id=correlation, command_id=command):
+        user_id = create_user()
+    drive(user_id)
+    created, welcomed = store.read_stream(f"user-{user_id}")
+    assert created.metadata["correlation_id"] == str(correlation)
+    assert created.metadata["causation_id"] == str(command)
+    assert welcomed.event_type == "UserWelcomed"
+    assert welcomed.metadata["correlation_id"] == str(correlation)
+    assert welcomed.metadata["causation_id"] == str(created.event_id)
+    assert welcomed.metadata["actor"] == "saga:welcome"
+    instance = instance_for(user_id)
+    assert welcomed.metadata["command_id"] == instance.issued_commands[0]
+    assert instance.status == "completed"
+
+
+def test_operator_retry_and_cancel(settings) -> None:
+    from sagas import steps
+
+    settings.EMAIL_BACKEND = "tests.testapp.mail.FlakyBackend"
+    FlakyBackend.failures_left = 100
+    user_id = create_user()
+    run_saga_subscriber()
+    welcome.run(instance_for(user_id).pk)
+    run_saga_subscriber()
+    instance = instance_for(user_id)
+    SagaInstance.objects.filter(pk=instance.pk).update(attempts=steps.MAX_ATTEMPTS - 1)
+    assert welcome.run(instance.pk) == "failed attempt"
+    instance.refresh_from_db()
+    assert instance.status == "failed"
+    FlakyBackend.failures_left = 0
+    steps.retry(instance)
+    assert welcome.run(instance.pk) == "done"
+    assert len(mail.outbox) == 1
+    with pytest.raises(ValueError, match="cannot be cancelled"):
+        steps.cancel(instance_for(user_id))
+
+
+def test_worker_killed_before_the_email_sends_it_once_after_restart(tmp_path) -> None:
+    mail_dir = tmp_path / "mail"
+    mail_dir.mkdir()
+    env = child_env(
+        EMAIL_BACKEND="tests.testapp.mail.HangingBackend",
+        EMAIL_FILE_PATH=str(mail_dir),
+        SUBSCRIBER_SAFETY_NET_SECONDS="1",
+    )
+    Switch.objects.create(name="hang-on-email")
+    worker = celery_worker(env, tmp_path / "worker1.log")
+    try:
+        user_id = create_user("crash@example.com")
+        wait_for((mail_dir / "sending.marker").exists, 60, "the email step to start")
+    finally:
+        worker.kill()  # SIGKILL to the whole worker, mid-send
+    assert welcomes(user_id) == 1  # UserWelcomed was committed before the email step
+    assert instance_for(user_id).step == "send_email"
+    Switch.objects.all().delete()
+    (mail_dir / "sending.marker").unlink()
+
+    worker = celery_worker(env, tmp_path / "worker2.log")
+    beat = celery_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule")
+    try:
+        wait_for(lambda: instance_for(user_id).status == "completed", 60, "the restarted saga")
+        time.sleep(1.5)  # one more sweep: it must not send again
+    finally:
+        beat.stop()
+        worker.stop()
+    sent = list(mail_dir.glob("*.log"))
+    assert len(sent) == 1
+    assert "crash@example.com" in sent[0].read_text()
+    assert welcomes(user_id) == 1
+
+
+def test_sagas_command_lists_retries_and_cancels(settings) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    settings.WELCOME_DELAY_SECONDS = 60
+    user_id = create_user()
+    run_saga_subscriber()
+    instance = instance_for(user_id)
+    out = StringIO()
+    call_command("sagas", "list", "--status", "waiting", stdout=out)
+    assert str(user_id) in out.getvalue()
+    call_command("sagas", "cancel", str(instance.pk), stdout=StringIO())
+    assert instance_for(user_id).status == "cancelled"
+    with pytest.raises(CommandError, match="cancelled"):
+        call_command("sagas", "retry", str(instance.pk))
+    with pytest.raises(CommandError, match="no saga instance"):
+        call_command("sagas", "cancel", "999999")
