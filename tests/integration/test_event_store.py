@@ -25,6 +25,7 @@ from eventstore.errors import (
 from eventstore.models import Event, Stream
 from eventstore.signals import events_appended
 from eventstore.store import ANY, NO_STREAM, STREAM_EXISTS, NewEvent
+from tests.conftest import settle
 from tests.events import Noted, Priced, Renamed
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -256,6 +257,7 @@ class TestTransactions:
             store.append(a, [Noted(text="a")], NO_STREAM)
             store.append(b, [Noted(text="b")], NO_STREAM)
         assert versions(a) == versions(b) == [0]
+        settle()
         feed = store.read_all(limit=10).events
         assert {e.cursor.transaction_id for e in feed} == {feed[0].cursor.transaction_id}
 
@@ -311,6 +313,7 @@ class TestReads:
         for _ in range(3):
             store.append(new_stream(), [Noted(text="t")])
             store.append(f"other-{uuid.uuid4()}", [Noted(text="o")])
+        settle()
         page = store.read_category("test", limit=2)
         assert [e.category for e in page.events] == ["test", "test"]
         rest = store.read_category("test", page.next_cursor, limit=10)
