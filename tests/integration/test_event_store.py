@@ -318,9 +318,15 @@ class TestReads:
         assert [e.category for e in page.events] == ["test", "test"]
         rest = store.read_category("test", page.next_cursor, limit=10)
         assert len(rest.events) == 1
+        assert rest.next_cursor >= rest.events[-1].cursor
         empty = store.read_category("test", rest.next_cursor)
         assert empty.events == []
-        assert empty.next_cursor == rest.next_cursor
+        assert empty.next_cursor >= rest.next_cursor
+        newer = new_stream()
+        store.append(newer, [Noted(text="new")])
+        settle()
+        after = store.read_category("test", empty.next_cursor).events
+        assert [e.stream_id for e in after] == [newer]
 
     def test_types_round_trip_and_upcast(self) -> None:
         sid = new_stream()
