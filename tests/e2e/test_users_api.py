@@ -339,3 +339,42 @@ def test_read_your_writes_with_a_real_worker(api, celery_worker) -> None:
         listed = api.get(f"/v1/users?email={user['email']}&wait_for={user['position']}").json()
         assert listed["count"] == 1
     connections.close_all()
+
+
+def test_unknown_url_is_a_json_404(api) -> None:
+    body = assert_problem(api.get("/v1/nothing-here"), 404)
+    assert "/v1/nothing-here" in body["detail"]
+
+
+def test_unexpected_error_is_a_500_problem_without_a_trace(api, monkeypatch) -> None:
+    from users import selectors
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(selectors, "user_list", broken)
+    response = api.get("/v1/users")
+    body = assert_problem(response, 500)
+    assert "secret internal detail" not in response.content.decode()
+    assert "Traceback" not in response.content.decode()
+    assert body["detail"].startswith("Something went wrong")
+
+
+def test_old_idempotency_keys_are_purged(api) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from users.models import IdempotentRequest
+    from users.tasks import purge_idempotency_keys
+
+    body = {"email": "old@example.com", "first_name": "O", "last_name": "D"}
+    api.post("/v1/users", body, format="json", HTTP_IDEMPOTENCY_KEY="old")
+    api.post(
+        "/v1/users", {**body, "email": "new@example.com"}, format="json", HTTP_IDEMPOTENCY_KEY="new"
+    )
+    IdempotentRequest.objects.filter(key="old").update(
+        created_at=timezone.now() - timedelta(days=2)
+    )
+    assert purge_idempotency_keys() == 1
+    assert list(IdempotentRequest.objects.values_list("key", flat=True)) == ["new"]

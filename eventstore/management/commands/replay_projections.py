@@ -42,7 +42,7 @@ class Command(BaseCommand):
                 total=total,
                 desc=projection.name,
                 unit="ev",
-                unit_scale=True,
+                unit_scale=total >= 10_000,
                 file=self.stderr._out,
                 disable=options["verbosity"] == 0,
             )

@@ -1,0 +1,102 @@
+"""The operators' management commands, end to end on the real database."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from eventstore import store
+from eventstore.models import Checkpoint
+from tests.conftest import settle
+from tests.events import Noted
+from tests.testapp.models import Switch, Tally
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run(*args: str) -> tuple[str, str]:
+    out, err = StringIO(), StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def append_tallies(count: int) -> None:
+    for i in range(count):
+        store.append(f"tally-{uuid.uuid4()}", [Noted(text="c", n=i)])
+    settle()
+
+
+def test_run_subscribers_catches_up_the_named_ones() -> None:
+    append_tallies(3)
+    out, _ = run("run_subscribers", "test-tally")
+    assert "test-tally: 3 events, caught_up" in out
+    assert Tally.objects.count() == 3
+    assert run("run_subscribers", "test-tally")[0] == ""  # nothing new: says nothing
+    with pytest.raises(CommandError, match="no subscriber named 'nope'"):
+        run("run_subscribers", "nope")
+
+
+def test_run_subscribers_retry_now_resumes_a_failed_one() -> None:
+    store.append(f"tally-{uuid.uuid4()}", [Noted(text="boom")])
+    settle()
+    Switch.objects.create(name="fail")
+    assert "failed" in run("run_subscribers", "test-tally")[0]
+    Switch.objects.all().delete()
+    assert "backing_off" in run("run_subscribers", "test-tally")[0]
+    assert "1 events, caught_up" in run("run_subscribers", "test-tally", "--retry-now")[0]
+
+
+def test_projection_status_table_and_json() -> None:
+    append_tallies(2)
+    run("run_subscribers", "test-tally")
+    append_tallies(3)
+    out, _ = run("projection_status")
+    header, *lines = out.splitlines()
+    assert header.split()[:4] == ["name", "kind", "position", "lag"]
+    tally_line = next(line for line in lines if line.startswith("test-tally"))
+    assert tally_line.split()[1:4:2] == ["projection", "3"]
+    rows = {row["name"]: row for row in json.loads(run("projection_status", "--json")[0])}
+    assert rows["test-tally"]["lag"] == 3
+    assert rows["test-tally"]["events_processed"] == 2
+    assert rows["welcome-saga"]["kind"] == "process_manager"
+    assert rows["users"]["kind"] == "projection"
+
+
+def test_projection_status_shows_errors() -> None:
+    store.append(f"tally-{uuid.uuid4()}", [Noted(text="boom")])
+    settle()
+    Switch.objects.create(name="fail")
+    run("run_subscribers", "test-tally")
+    out, _ = run("projection_status")
+    assert "RuntimeError: cannot tally" in out
+    position = Checkpoint.objects.get(name="test-tally").error_position
+    assert f"at position {position}" in out
+
+
+def test_replay_projections_rebuilds_with_progress() -> None:
+    append_tallies(5)
+    run("run_subscribers", "test-tally")
+    Tally.objects.update(total=-1)  # a damaged read model
+    out, err = run("replay_projections", "test-tally", "--batch-size", "2")
+    assert "test-tally: 5 events replayed (testapp_tally: 5 rows)" in out
+    assert "5/5" in err  # the progress bar reached the end
+    assert sorted(Tally.objects.values_list("total", flat=True)) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "name the projections"),
+        (("welcome-saga",), "not a projection: welcome-saga"),
+        (("nope",), "not a projection: nope"),
+        (("test-tally", "--batch-size", "0"), "--batch-size"),
+    ],
+)
+def test_replay_projections_refuses_bad_requests(args, message) -> None:
+    with pytest.raises(CommandError, match=message):
+        run("replay_projections", *args)
