@@ -159,6 +159,10 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=SUBSCRIBER_SAFETY_NET_SECONDS),
         "options": {"expires": SUBSCRIBER_SAFETY_NET_SECONDS},
     },
+    "purge-idempotency-keys": {
+        "task": "users.tasks.purge_idempotency_keys",
+        "schedule": timedelta(hours=1),
+    },
     "sweep-due-sagas": {
         "task": "sagas.tasks.sweep_due_sagas",
         "schedule": timedelta(seconds=SUBSCRIBER_SAFETY_NET_SECONDS),
@@ -190,6 +194,8 @@ REST_FRAMEWORK = {
     "MAX_PAGE_SIZE": 500,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
+# A repeated POST with the same Idempotency-Key is recognised for this long.
+IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 # GET ?wait_for=<position> waits at most this long for the read model to catch up.
 READ_YOUR_WRITES_TIMEOUT_SECONDS = env.float("READ_YOUR_WRITES_TIMEOUT_SECONDS", default=2.0)
 
