@@ -12,7 +12,8 @@ until that commit and the new ones after it; never an empty or half-built table.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from django.db import connections, transaction
@@ -23,6 +24,7 @@ from eventstore.cursor import Cursor
 from eventstore.subscriptions import Projection
 
 Progress = Callable[[int], None]
+REPLAY_LOCK_NAMESPACE = 0x5E6  # session-level: held across the replay's many transactions
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,41 @@ def replay(
     Interrupted (KeyboardInterrupt or any error), it drops its scratch tables and leaves
     the live read model and checkpoint untouched.
     """
+    with exclusive(projection, using):
+        return rebuild(projection, batch_size=batch_size, progress=progress, using=using)
+
+
+def replay_lock_key(name: str) -> int:
+    return subscriptions.lock_key(f"replay:{name}")
+
+
+class ReplayInProgress(RuntimeError):
+    """Another replay of the same projection is running (both would share its scratch)."""
+
+
+@contextlib.contextmanager
+def exclusive(projection: Projection, using: str = "default") -> Iterator[None]:
+    """Hold the projection's replay lock, or raise :class:`ReplayInProgress` at once."""
+    key = replay_lock_key(projection.name)
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [REPLAY_LOCK_NAMESPACE, key])
+        if not cursor.fetchone()[0]:
+            raise ReplayInProgress(f"a replay of {projection.name!r} is already running")
+    try:
+        yield
+    finally:
+        with connections[using].cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [REPLAY_LOCK_NAMESPACE, key])
+
+
+def rebuild(
+    projection: Projection,
+    *,
+    batch_size: int = 2000,
+    progress: Progress | None = None,
+    using: str = "default",
+) -> ReplayResult:
+    """The replay itself; call it inside :func:`exclusive`."""
     schema = scratch_schema(projection)
     tables = _tables(projection)
     connection = connections[using]

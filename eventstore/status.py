@@ -24,11 +24,15 @@ def subscriber_status() -> list[dict[str, Any]]:
         )
         columns = [col.name for col in cursor.description]
         found = {row[0]: dict(zip(columns, row, strict=True)) for row in cursor.fetchall()}
-        cursor.execute("SELECT count(*) FROM events")
-        total = cursor.fetchone()[0]
     rows = []
+    total: int | None = None  # counted only for a subscriber that never ran (a full scan)
     for subscriber in subscriptions.all_subscribers():
-        row = found.pop(subscriber.name, None) or {
+        row = found.pop(subscriber.name, None)
+        if row is None and total is None:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM events")
+                total = cursor.fetchone()[0]
+        row = row or {
             "name": subscriber.name,
             "cursor_position": 0,
             "events_processed": 0,

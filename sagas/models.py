@@ -1,5 +1,6 @@
 """Saga state: one row per saga instance, written only by the saga's own steps."""
 
+from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.db.models.functions import Now
 
@@ -38,6 +39,12 @@ class SagaInstance(models.Model):
         ]
         indexes = [
             models.Index(fields=["status", "next_attempt_at"], name="sagas_due_idx"),
+            # "Which saga handled this event?" (the admin's event page): jsonb @> lookups.
+            GinIndex(
+                fields=["handled_events"],
+                name="sagas_handled_events_idx",
+                opclasses=["jsonb_path_ops"],
+            ),
         ]
 
     def __str__(self) -> str:

@@ -22,6 +22,14 @@ cd "$ROOT"
 
 sync_venv
 
+# The browser tests drive Debian's Chromium (Playwright's own download cannot work here);
+# without it they skip, so a failed install is a warning, not a failure.
+if [[ ! -x /usr/bin/chromium ]] && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+    info "installing Debian's chromium for the browser tests"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+        >/dev/null 2>&1 || warn "could not install chromium: the browser tests will skip"
+fi
+
 info "ruff check ."
 lint_failed=false
 "$VENV/bin/ruff" check . || lint_failed=true

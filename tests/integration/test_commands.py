@@ -100,3 +100,16 @@ def test_replay_projections_rebuilds_with_progress() -> None:
 def test_replay_projections_refuses_bad_requests(args, message) -> None:
     with pytest.raises(CommandError, match=message):
         run("replay_projections", *args)
+
+
+def test_replay_projections_refuses_a_second_concurrent_replay() -> None:
+    import psycopg
+
+    from eventstore.replay import REPLAY_LOCK_NAMESPACE, replay_lock_key
+    from tests.processes import test_database_url
+
+    lock = [REPLAY_LOCK_NAMESPACE, replay_lock_key("test-tally")]
+    with psycopg.connect(test_database_url(), autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s, %s)", lock)
+        with pytest.raises(CommandError, match="already running"):
+            run("replay_projections", "test-tally")

@@ -55,6 +55,9 @@ class Command(BaseCommand):
                 raise CommandError(
                     f"{projection.name}: interrupted; the live read model is untouched"
                 ) from None
+            except replay.ReplayInProgress as exc:
+                bar.close()
+                raise CommandError(str(exc)) from None
             bar.close()
             rows = ", ".join(f"{table}: {count} rows" for table, count in result.rows.items())
             self.stdout.write(

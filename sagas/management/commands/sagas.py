@@ -3,6 +3,7 @@
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
 
 from sagas import steps
 from sagas.models import SagaInstance
@@ -26,13 +27,15 @@ class Command(BaseCommand):
             return
         operate = steps.retry if options["action"] == "retry" else steps.cancel
         for instance_id in options["ids"]:
-            instance = SagaInstance.objects.filter(pk=instance_id).first()
-            if instance is None:
-                raise CommandError(f"no saga instance {instance_id}")
-            try:
-                operate(instance)
-            except ValueError as exc:
-                raise CommandError(str(exc)) from exc
+            # The row lock keeps this from racing a step that is running right now.
+            with transaction.atomic():
+                instance = SagaInstance.objects.select_for_update().filter(pk=instance_id).first()
+                if instance is None:
+                    raise CommandError(f"no saga instance {instance_id}")
+                try:
+                    operate(instance)
+                except ValueError as exc:
+                    raise CommandError(str(exc)) from exc
             self.stdout.write(f"{options['action']}: {instance}")
 
     def _list(self, status: str | None, limit: int) -> None:
