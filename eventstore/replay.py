@@ -143,30 +143,28 @@ def rebuild(
     tables = _tables(projection)
     connection = connections[using]
     handled = 0
-    try:
-        _prepare(projection, schema, using)
-        cursor = Cursor.start()
+
+    def drain(cursor: Cursor, *, commit_each: bool) -> Cursor:
+        """Handle pages into the scratch tables until the feed's end; the new cursor."""
+        nonlocal handled
         while True:
-            with transaction.atomic(using=using):
+            with transaction.atomic(using=using) if commit_each else contextlib.nullcontext():
                 page = _batch(projection, schema, cursor, batch_size, using)
             cursor = page.next_cursor
             handled += len(page.events)
             if progress:
                 progress(len(page.events))
             if not page.is_full:
-                break
+                return cursor
+
+    try:
+        _prepare(projection, schema, using)
+        cursor = drain(Cursor.start(), commit_each=True)  # bounded transactions
         rows: dict[str, int] = {}
         with transaction.atomic(using=using):
             subscriptions.ensure_checkpoint(projection, using)
             subscriptions.lock(projection.name, using)  # the live projection waits
-            while True:  # the tail that arrived since the last batch
-                page = _batch(projection, schema, cursor, batch_size, using)
-                cursor = page.next_cursor
-                handled += len(page.events)
-                if progress:
-                    progress(len(page.events))
-                if not page.is_full:
-                    break
+            cursor = drain(cursor, commit_each=False)  # the tail since the last batch
             with connection.cursor() as db:
                 for table in tables:
                     live = f"public.{_quote(connection, table)}"
