@@ -66,7 +66,7 @@ def _prepare(projection: Projection, schema: str, using: str) -> None:
         for table in _tables(projection):
             cursor.execute(
                 f"CREATE TABLE {_quote(connection, schema)}.{_quote(connection, table)} "
-                f"(LIKE public.{_quote(connection, table)} INCLUDING ALL)"
+                f"(LIKE {_quote(connection, table)} INCLUDING ALL)"  # the live one, via search_path
             )
 
 
@@ -83,8 +83,11 @@ def _batch(
 ) -> store.FeedPage:
     """Handle one page into the scratch tables; call inside a transaction."""
     connection = connections[using]
-    with connection.cursor() as db:
-        db.execute(f"SET LOCAL search_path TO {_quote(connection, schema)}, public")
+    with connection.cursor() as db:  # scratch first, then wherever the live tables are
+        db.execute(
+            "SELECT set_config('search_path', %s || ', ' || current_setting('search_path'), true)",
+            [_quote(connection, schema)],
+        )
     page = store.read_all(cursor, limit=batch_size, event_types=projection.event_types, using=using)
     projection.handle_batch(page.events)
     with connection.cursor() as db:
@@ -167,7 +170,7 @@ def rebuild(
             cursor = drain(cursor, commit_each=False)  # the tail since the last batch
             with connection.cursor() as db:
                 for table in tables:
-                    live = f"public.{_quote(connection, table)}"
+                    live = _quote(connection, table)  # search_path is the default again
                     built = f"{_quote(connection, schema)}.{_quote(connection, table)}"
                     db.execute(f"DELETE FROM {live}")
                     db.execute(f"INSERT INTO {live} SELECT * FROM {built}")
