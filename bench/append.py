@@ -11,9 +11,8 @@ PostgreSQL server reachable as ``postgres://postgres@127.0.0.1:5432`` (trust aut
 (pyeventsourcing's tables) at the start of every run. Options: ``--seconds`` per
 measured round per system (default 1.0), ``--rounds`` (default 6), ``--warmup`` seconds
 (default 1), ``--loads`` (timed aggregate loads, default 40), ``--no-signals``
-(disconnect ``events_appended`` receivers, to isolate the storage path),
-``--what-if-binary`` (also measure the store's statement sent with binary, prepared
-parameters: the fix suggested in docs/benchmarks.md), ``--out`` and ``--chart``.
+(disconnect ``events_appended`` receivers, to isolate the storage path), ``--out`` and
+``--chart``.
 
 What is measured, each writer in its own process (threads would measure the GIL), each
 process with its own connection and its own streams (50 per writer, round-robin):
@@ -22,9 +21,10 @@ process with its own connection and its own streams (50 per writer, round-robin)
            Django (``django.setup()`` in every process), exact expected version;
            1, 4 and 8 writers; then 100 events per call at 1 and 4 writers; then
            ``Repository.load`` of a 1,000-event aggregate (median of ``--loads``).
-* ceiling  the same SQL text the store runs (``eventstore.store._APPEND_SQL["exact"]``:
+* ceiling  the same SQL the store runs (``eventstore.store._APPEND_SQL["exact"]``:
            stream-row update with the version check + events insert in one statement)
-           on a plain psycopg connection in autocommit, parameters pre-encoded; and a
+           on a plain psycopg connection in autocommit, parameters pre-encoded and sent
+           as text (psycopg's default ``%s``; the store itself sends binary); and a
            plain SELECT of the 1,000 rows (no decoding) as the load floor.
 * ceiling_bin  the same SQL and values with the parameters sent in binary (``%b``
            placeholders): psycopg then skips escaping, in Python, every quote of every
@@ -87,20 +87,17 @@ AGGREGATE_EVENTS = 1000
 WRITERS = (1, 4, 8)
 BATCH_WRITERS = (1, 4)
 SYSTEMS = ("ceiling", "ceiling_bin", "ours", "peer")
-WHAT_IF = "ours_bin"  # only with --what-if-binary
 LABELS = {
     "ours": "ours (eventstore.store.append)",
     "peer": "pyeventsourcing 9.5",
     "ceiling": "ceiling: raw psycopg, same SQL text",
     "ceiling_bin": "ceiling, binary parameters",
-    "ours_bin": "what-if: ours with binary prepared params",
 }
 COLORS = {
     "ours": "#1f77b4",
     "peer": "#d62728",
     "ceiling": "#7f7f7f",
     "ceiling_bin": "#303030",
-    "ours_bin": "#17becf",
 }
 CPUS = os.cpu_count() or 1
 ROUND_WARMUP = 0.3  # seconds each writer runs unmeasured at the start of every round
@@ -243,9 +240,11 @@ def _ours_writer(idx: int, batch: int, no_signals: bool):
     return op, backend_pid
 
 
-def _binary_placeholders(sql: str) -> str:
-    """``%(name)s`` -> ``%(name)b``: psycopg sends those parameters in binary format."""
-    return re.sub(r"%\((\w+)\)s", r"%(\1)b", sql)
+def _placeholders(sql: str, binary: bool) -> str:
+    """``%(name)s`` (text, quoted client-side) or ``%(name)b`` (binary) placeholders."""
+    if binary:
+        return re.sub(r"%\((\w+)\)s", r"%(\1)b", sql)
+    return re.sub(r"%\((\w+)\)b", r"%(\1)s", sql)
 
 
 def _ceiling_writer(idx: int, batch: int, no_signals: bool, binary: bool = False):
@@ -254,9 +253,7 @@ def _ceiling_writer(idx: int, batch: int, no_signals: bool, binary: bool = False
     from eventstore.store import _APPEND_SQL  # the SQL text only; Django is not set up
 
     conn = psycopg.connect(**_pg_params(OURS_DB), autocommit=True)
-    sql = _APPEND_SQL["exact"]
-    if binary:
-        sql = _binary_placeholders(sql)
+    sql = _placeholders(_APPEND_SQL["exact"], binary)
     data = json.dumps({"name": f"writer-{idx}", "amount": 1, "note": NOTE, "flag": True})
     root = str(uuid.uuid4())
     meta = json.dumps({"correlation_id": root, "causation_id": root, "actor": "system"})
@@ -329,33 +326,11 @@ def _ceiling_bin_writer(idx: int, batch: int, no_signals: bool):
     return _ceiling_writer(idx, batch, no_signals, binary=True)
 
 
-def _ours_bin_writer(idx: int, batch: int, no_signals: bool):
-    """What-if (``--what-if-binary``), NOT the store as it is: ``store.append`` unchanged
-    except that its statement goes through a server-binding psycopg cursor on the same
-    Django connection, with binary parameters and a prepared plan (after 5 executions).
-    Measures the fix suggested in docs/benchmarks.md; Django's error wrapping and
-    execute_wrappers are bypassed here, which a real change would keep."""
-    import psycopg
-
-    _setup_django(no_signals)
-    from django.db import connection
-
-    from eventstore import store
-
-    connection.ensure_connection()
-    raw = connection.connection
-    raw.prepare_threshold = 5
-    store._APPEND_SQL = {key: _binary_placeholders(sql) for key, sql in store._APPEND_SQL.items()}
-    connection.cursor = lambda: psycopg.Cursor(raw)
-    return _ours_writer(idx, batch, no_signals)
-
-
 WRITER_FACTORIES = {
     "ours": _ours_writer,
     "ceiling": _ceiling_writer,
     "ceiling_bin": _ceiling_bin_writer,
     "peer": _peer_writer,
-    "ours_bin": _ours_bin_writer,
 }
 
 
@@ -714,7 +689,7 @@ def _point(points: list[dict], system: str, writers: int, batch: int) -> dict:
 
 
 def summarize(points: list[dict], loads: dict) -> dict:
-    present = [s for s in (*SYSTEMS, WHAT_IF) if any(p["system"] == s for p in points)]
+    present = [s for s in SYSTEMS if any(p["system"] == s for p in points)]
 
     def find(system: str, writers: int, batch: int) -> dict:
         return _point(points, system, writers, batch)
@@ -747,9 +722,7 @@ def summarize(points: list[dict], loads: dict) -> dict:
     def row(writers: int, batch: int) -> dict:
         rates = {s: find(s, writers, batch).get("events_per_s") for s in present}
         out: dict[str, Any] = dict(rates)
-        for mine in ("ours", WHAT_IF):
-            if mine not in present:
-                continue
+        for mine in ("ours",):
             for other in ("peer", "ceiling", "ceiling_bin"):
                 out[f"{mine}_over_{other}"] = ratio(rates[mine], rates[other])
                 out[f"paired_{mine}_over_{other}"] = paired(writers, batch, mine, other)
@@ -812,8 +785,8 @@ def chart(points: list[dict], summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    present = [s for s in (*SYSTEMS, WHAT_IF) if any(p["system"] == s for p in points)]
-    styles = {"ceiling": "--", "ceiling_bin": ":", WHAT_IF: "-."}
+    present = [s for s in SYSTEMS if any(p["system"] == s for p in points)]
+    styles = {"ceiling": "--", "ceiling_bin": ":"}
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.6), gridspec_kw={"width_ratios": [1.6, 1, 1]})
     ax = axes[0]
     for system in present:
@@ -924,16 +897,10 @@ def main() -> None:
         action="store_true",
         help="disconnect events_appended receivers (storage path only)",
     )
-    parser.add_argument(
-        "--what-if-binary",
-        action="store_true",
-        help="also measure ours with binary, prepared parameters (the suggested fix; not the "
-        "store as it is)",
-    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "append.json")
     parser.add_argument("--chart", type=Path, default=ROOT / "docs" / "img" / "append.png")
     args = parser.parse_args()
-    args.systems = SYSTEMS + ((WHAT_IF,) if args.what_if_binary else ())
+    args.systems = SYSTEMS
     if Application is None:
         sys.exit("pyeventsourcing is missing: run `uv sync --frozen --all-groups` first")
 

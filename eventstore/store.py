@@ -24,6 +24,7 @@ from enum import Enum
 from typing import Any
 
 import msgspec
+import psycopg
 from django.db import IntegrityError, connections, transaction
 
 from eventstore import signals
@@ -187,7 +188,12 @@ _BODY = """
     RETURNING position, version, transaction_id::text
 """
 
-_APPEND_SQL = {key: f"WITH head AS ({head}) {_BODY}" for key, head in _HEAD.items()}
+# Binary placeholders: parameters travel as typed binary values, so psycopg need not quote
+# every JSON text element in Python and PostgreSQL can reuse the prepared plan.
+_APPEND_SQL = {
+    key: re.sub(r"%\((\w+)\)s", r"%(\1)b", f"WITH head AS ({head}) {_BODY}")
+    for key, head in _HEAD.items()
+}
 
 
 def append(
@@ -240,12 +246,14 @@ def append(
     try:
         # Inside a caller's transaction, a savepoint keeps it usable if a unique index
         # refuses the insert; in autocommit mode the single statement is atomic anyway.
-        with (
-            transaction.atomic(using=using) if connection.in_atomic_block else _no_transaction(),
-            connection.cursor() as cursor,
-        ):
-            cursor.execute(sql, params)
-            rows = cursor.fetchall()
+        # The hot statement runs on Django's connection (same transaction) through a
+        # server-side-binding psycopg cursor, prepared once per connection; Django's
+        # error wrapper still turns a unique violation into IntegrityError.
+        with transaction.atomic(using=using) if connection.in_atomic_block else _no_transaction():
+            connection.ensure_connection()
+            with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+                cursor.execute(sql, params, prepare=True)
+                rows = cursor.fetchall()
     except IntegrityError:
         rows = []
     if not rows:
