@@ -17,6 +17,9 @@ class Stream(models.Model):
     stream_id = models.TextField(primary_key=True)
     category = models.TextField()
     version = models.IntegerField(help_text="Version of the stream's last event (first is 0).")
+    last_transaction_id = TransactionIdField(
+        null=True, blank=True, help_text="transaction_id stored with the stream's last event."
+    )
     created_at = models.DateTimeField(db_default=Now())
     updated_at = models.DateTimeField(db_default=Now())
 
@@ -37,7 +40,8 @@ class Event(models.Model):
 
     position = models.BigAutoField(primary_key=True)
     transaction_id = TransactionIdField(
-        help_text="xid8 of the writing transaction; the feed orders by (transaction_id, position)."
+        help_text="xid8 of the writing transaction, or of the stream's previous event if "
+        "higher; the feed orders by (transaction_id, position)."
     )
     stream = models.ForeignKey(
         Stream,

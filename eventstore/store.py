@@ -39,7 +39,8 @@ from eventstore.errors import (
 from eventstore.types import registry
 
 STREAM_ID_MAX_LENGTH = 200
-_STREAM_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_]*-[^\s\x00-\x1f\x7f]+$")
+STREAM_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*-[^\s\x00-\x1f\x7f]+$"
+_STREAM_ID = re.compile(STREAM_ID_PATTERN)
 _metadata_encoder = msgspec.json.Encoder(uuid_format="canonical")
 
 
@@ -153,33 +154,46 @@ def _validate_expected(expected_version: object) -> ExpectedVersion:
     return expected_version
 
 
+# The feed orders events by (transaction_id, position). A transaction takes its id at its
+# first write, which can come before it waits for the stream row (or it wrote something
+# else first), so an append can carry an older id than the stream's previous event. Each
+# append therefore stores GREATEST(its own id, the stream's last one): each stream's
+# events stay in version order in the feed. It is still gap-safe: the stored id is never
+# below the writer's own, and never below the horizon of any read made before it.
+_ORDER_ID = "GREATEST({row}.last_transaction_id, pg_current_xact_id())"
+
 _HEAD = {
     NO_STREAM: """
-        INSERT INTO streams (stream_id, category, version, created_at, updated_at)
-        VALUES (%(stream_id)s, %(category)s, %(count)s - 1, now(), now())
+        INSERT INTO streams (stream_id, category, version, created_at, updated_at,
+                             last_transaction_id)
+        VALUES (%(stream_id)s, %(category)s, %(count)s - 1, now(), now(), pg_current_xact_id())
         ON CONFLICT (stream_id) DO NOTHING
-        RETURNING version""",
-    ANY: """
-        INSERT INTO streams AS s (stream_id, category, version, created_at, updated_at)
-        VALUES (%(stream_id)s, %(category)s, %(count)s - 1, now(), now())
+        RETURNING version, last_transaction_id""",
+    ANY: f"""
+        INSERT INTO streams AS s (stream_id, category, version, created_at, updated_at,
+                                  last_transaction_id)
+        VALUES (%(stream_id)s, %(category)s, %(count)s - 1, now(), now(), pg_current_xact_id())
         ON CONFLICT (stream_id)
-        DO UPDATE SET version = s.version + %(count)s, updated_at = now()
-        RETURNING version""",
-    STREAM_EXISTS: """
-        UPDATE streams SET version = version + %(count)s, updated_at = now()
+        DO UPDATE SET version = s.version + %(count)s, updated_at = now(),
+                      last_transaction_id = {_ORDER_ID.format(row="s")}
+        RETURNING version, last_transaction_id""",
+    STREAM_EXISTS: f"""
+        UPDATE streams SET version = version + %(count)s, updated_at = now(),
+                           last_transaction_id = {_ORDER_ID.format(row="streams")}
         WHERE stream_id = %(stream_id)s
-        RETURNING version""",
-    "exact": """
-        UPDATE streams SET version = version + %(count)s, updated_at = now()
+        RETURNING version, last_transaction_id""",
+    "exact": f"""
+        UPDATE streams SET version = version + %(count)s, updated_at = now(),
+                           last_transaction_id = {_ORDER_ID.format(row="streams")}
         WHERE stream_id = %(stream_id)s AND version = %(expected)s
-        RETURNING version""",
+        RETURNING version, last_transaction_id""",
 }
 
 _BODY = """
     INSERT INTO events (stream_id, version, category, event_id, event_type, schema_version,
                         data, metadata, recorded_at, transaction_id)
     SELECT %(stream_id)s, head.version - %(count)s + e.ord, %(category)s, e.event_id,
-           e.event_type, e.schema_version, e.data, e.metadata, now(), pg_current_xact_id()
+           e.event_type, e.schema_version, e.data, e.metadata, now(), head.last_transaction_id
     FROM head,
          unnest(%(event_ids)s::uuid[], %(event_types)s::text[], %(schema_versions)s::int2[],
                 %(data)s::text[]::jsonb[], %(metadata)s::text[]::jsonb[])
@@ -244,16 +258,7 @@ def append(
     connection = connections[using]
     rows: list[tuple[int, int, str]] = []
     try:
-        # Inside a caller's transaction, a savepoint keeps it usable if a unique index
-        # refuses the insert; in autocommit mode the single statement is atomic anyway.
-        # The hot statement runs on Django's connection (same transaction) through a
-        # server-side-binding psycopg cursor, prepared once per connection; Django's
-        # error wrapper still turns a unique violation into IntegrityError.
-        with transaction.atomic(using=using) if connection.in_atomic_block else _no_transaction():
-            connection.ensure_connection()
-            with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-                cursor.execute(sql, params, prepare=True)
-                rows = cursor.fetchall()
+        rows = _execute_append(connection, sql, params, connection.in_atomic_block, using)
     except IntegrityError:
         rows = []
     if not rows:
@@ -275,6 +280,23 @@ def append(
         robust=True,
     )
     return result
+
+
+def _execute_append(
+    connection: Any, sql: str, params: dict[str, Any], nested: bool, using: str
+) -> list[tuple[int, int, str]]:
+    """Run the append statement; its errors come out as Django's database errors.
+
+    Inside a caller's transaction, a savepoint keeps it usable if a unique index refuses
+    the insert; in autocommit mode the single statement is atomic anyway. The statement
+    runs on Django's connection (same transaction) through a server-side-binding psycopg
+    cursor, prepared once per connection.
+    """
+    with transaction.atomic(using=using) if nested else _no_transaction():
+        connection.ensure_connection()
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(sql, params, prepare=True)
+            return cursor.fetchall()
 
 
 class _no_transaction:
@@ -398,7 +420,9 @@ def load_stream_payloads(stream_id: str, *, using: str = "default") -> list[tupl
 
 
 # One statement, so the horizon and the rows come from the same snapshot: reading the
-# horizon separately could move it past events committed in between.
+# horizon separately could move it past events committed in between. ORDER BY names the
+# table's columns: bare ``transaction_id`` would mean the select list's text cast, and
+# sort 1000 before 999.
 _FEED_SQL = f"""
     WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
     SELECT h.xmin::text, e.* FROM h LEFT JOIN LATERAL (
@@ -406,7 +430,7 @@ _FEED_SQL = f"""
         WHERE (transaction_id, position) > (%(xid)s::xid8, %(position)s)
           AND transaction_id < h.xmin
           {{filters}}
-        ORDER BY transaction_id, position
+        ORDER BY events.transaction_id, events.position
         LIMIT %(limit)s
     ) e ON true
 """

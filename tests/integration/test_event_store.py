@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 
 from eventstore import store
 from eventstore.context import message_context
@@ -380,7 +380,8 @@ class TestMetadata:
 
 
 def test_no_skipped_events_under_concurrent_out_of_order_commits() -> None:
-    """8 writers, 5,000 events, random delays inside transactions; a follower sees each once."""
+    """8 writers, 5,000 events, random delays inside transactions, some streams shared;
+    a follower sees each event once, and each stream's events in version order."""
     writers, total = 8, 5000
     per_writer = total // writers
     done = threading.Event()
@@ -388,13 +389,18 @@ def test_no_skipped_events_under_concurrent_out_of_order_commits() -> None:
 
     def writer(index: int) -> None:
         rng = random.Random(index)
-        streams = [f"gap{index}-{n}" for n in range(5)]
+        # Some streams of its own, some shared by all writers (appended with ANY, so
+        # writers queue on the stream row and commit in a different order than they began).
+        streams = [f"gap{index}-{n}" for n in range(4)] + [f"gapshared-{n}" for n in range(3)]
         written = 0
         try:
             while written < per_writer:
                 size = min(rng.randint(1, 4), per_writer - written)
+                stream = rng.choice(streams)
                 with transaction.atomic():
-                    store.append(rng.choice(streams), [Noted(text="g", n=i) for i in range(size)])
+                    if rng.random() < 0.2:  # take a transaction id before appending
+                        connection.cursor().execute("SELECT pg_current_xact_id()")
+                    store.append(stream, [Noted(text="g", n=i) for i in range(size)])
                     if rng.random() < 0.3:
                         time.sleep(rng.uniform(0, 0.01))
                 written += size
@@ -453,3 +459,42 @@ def test_no_skipped_events_under_concurrent_out_of_order_commits() -> None:
         last_version[event.stream_id] = event.version
     cursors = [e.cursor for e in seen]
     assert cursors == sorted(cursors)
+
+
+def test_an_append_from_an_older_transaction_still_follows_its_predecessor(threads) -> None:
+    """A transaction that took its id before another appended to the stream must not put
+    its event ahead of that one in the feed."""
+    sid = new_stream()
+    store.append(sid, [Noted(text="v0")], NO_STREAM)
+    took_id, appended = threading.Event(), threading.Event()
+
+    def older() -> None:
+        with transaction.atomic():
+            connection.cursor().execute("SELECT pg_current_xact_id()")
+            took_id.set()
+            appended.wait(10)
+            store.append(sid, [Noted(text="older")], 1)
+        connections.close_all()
+
+    def newer() -> None:
+        took_id.wait(10)
+        store.append(sid, [Noted(text="newer")], 0)
+        appended.set()
+        connections.close_all()
+
+    results = threads(2, lambda i: older() if i == 0 else newer())
+    assert results == [None, None]
+    settle()
+    feed = [e for e in store.read_all(limit=100).events if e.stream_id == sid]
+    assert [(e.version, e.data.text) for e in feed] == [(0, "v0"), (1, "newer"), (2, "older")]
+
+
+def test_concurrent_any_appends_to_one_stream_stay_in_version_order(threads) -> None:
+    sid = new_stream()
+    results = threads(
+        8, lambda i: [store.append(sid, [Noted(text=f"{i}-{k}")], ANY) for k in range(10)]
+    )
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    settle()
+    feed = [e for e in store.read_all(limit=1000).events if e.stream_id == sid]
+    assert [e.version for e in feed] == list(range(80))
