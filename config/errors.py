@@ -13,6 +13,7 @@ from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
@@ -168,6 +169,12 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
         response["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
     response.data = body
     response.content_type = PROBLEM_CONTENT_TYPE
+    # Views that render YAML or HTML (the schema and docs pages) would otherwise send the
+    # problem in that format under a JSON content type.
+    request = context.get("request")
+    if request is not None:
+        request.accepted_renderer = JSONRenderer()
+        request.accepted_media_type = PROBLEM_CONTENT_TYPE
     return response
 
 

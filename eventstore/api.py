@@ -9,7 +9,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgspec
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.permissions import IsAdminUser
@@ -20,7 +25,7 @@ from rest_framework.views import APIView
 from eventstore import store
 from eventstore.context import MessageContext, message_context
 from eventstore.cursor import Cursor
-from eventstore.errors import InvalidCursor
+from eventstore.errors import InvalidAppend, InvalidCursor
 from eventstore.store import RecordedEvent
 
 CORRELATION_HEADER = "X-Correlation-ID"
@@ -39,22 +44,29 @@ ProblemSerializer = inline_serializer(
 )
 
 
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
 def _problem(description: str) -> OpenApiResponse:
     return OpenApiResponse(ProblemSerializer, description=description)
 
 
+# Keyed by (status, media type): errors are served as application/problem+json (RFC 9457).
 PROBLEM_RESPONSES = {
-    400: _problem("Invalid input; `errors` names each field and what to fix."),
-    401: _problem("No or invalid credentials."),
-    403: _problem("Authenticated, but not allowed."),
-    404: _problem("No such resource."),
-    409: _problem("Conflicts with the current state (duplicate email, existing id, deleted)."),
-    412: _problem("If-Match is stale; `current_version` says where the resource is."),
-    413: _problem("Request body too large."),
-    415: _problem("Send application/json."),
-    422: _problem("Idempotency-Key reused with a different request."),
-    429: _problem("Too many requests; see Retry-After."),
-    503: _problem("Database unavailable; retry later."),
+    (status, PROBLEM_MEDIA_TYPE): _problem(description)
+    for status, description in {
+        400: "Invalid input; `errors` names each field and what to fix.",
+        401: "No or invalid credentials.",
+        403: "Authenticated, but not allowed.",
+        404: "No such resource.",
+        409: "Conflicts with the current state (duplicate email, existing id, deleted).",
+        412: "If-Match is stale; `current_version` says where the resource is.",
+        413: "Request body too large.",
+        415: "Send application/json.",
+        422: "Idempotency-Key reused with a different request.",
+        429: "Too many requests; see Retry-After.",
+        503: "Database unavailable; retry later.",
+    }.items()
 }
 
 
@@ -108,6 +120,15 @@ def serialize_event(event: RecordedEvent) -> dict[str, Any]:
     }
 
 
+def reject_blank_parameters(serializer: serializers.Serializer) -> None:
+    """``?type=`` is an error, not "no filter": DRF reads a blank query value as absent."""
+    blank = [name for name in serializer.fields if serializer.initial_data.get(name) == ""]
+    if blank:
+        raise ValidationError(
+            {name: ["Give a value, or leave the parameter out."] for name in sorted(blank)}
+        )
+
+
 class EventSerializer(serializers.Serializer):
     position = serializers.IntegerField()
     stream_id = serializers.CharField()
@@ -133,6 +154,7 @@ class FeedQuerySerializer(serializers.Serializer):
         unknown = sorted(set(self.initial_data) - set(self.fields))
         if unknown:
             raise ValidationError({name: ["Unknown parameter."] for name in unknown})
+        reject_blank_parameters(self)
         return attrs
 
 
@@ -180,6 +202,22 @@ class StreamQuerySerializer(serializers.Serializer):
     from_version = serializers.IntegerField(required=False, min_value=0, default=0)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=1000, default=100)
 
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        reject_blank_parameters(self)
+        return attrs
+
+
+STREAM_ID = OpenApiParameter(
+    "stream_id",
+    {
+        "type": "string",
+        "maxLength": store.STREAM_ID_MAX_LENGTH,
+        "pattern": store.STREAM_ID_PATTERN,
+    },
+    OpenApiParameter.PATH,
+    description="`<category>-<id>`, e.g. `user-3f2c...`.",
+)
+
 
 class StreamView(APIView):
     permission_classes = [IsAdminUser]
@@ -187,7 +225,7 @@ class StreamView(APIView):
     @extend_schema(
         operation_id="streams_retrieve",
         summary="One stream's events (staff)",
-        parameters=[StreamQuerySerializer],
+        parameters=[STREAM_ID, StreamQuerySerializer],
         responses={
             200: inline_serializer(
                 "StaffStreamPage",
@@ -205,6 +243,10 @@ class StreamView(APIView):
     def get(self, request: Request, stream_id: str) -> Response:
         query = StreamQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
+        try:  # a malformed id (a NUL byte, say) names no stream and must not reach SQL
+            store.validate_stream_id(stream_id)
+        except InvalidAppend as exc:
+            raise ValidationError({"stream_id": [str(exc)]}) from None
         version = store.stream_version(stream_id)
         if version is None:
             raise NotFound(f"There is no stream {stream_id!r}.")

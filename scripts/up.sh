@@ -167,12 +167,15 @@ else
     fi
     info "Starting gunicorn on $BIND ($WEB_CONCURRENCY sync workers)"
     # Sync workers: measured on the 2-core target, uvicorn workers were 4-6x slower for
-    # these sync views, and more workers than cores only added tail latency.
+    # these sync views, and more workers than cores only added tail latency. The longest
+    # request line is raised from 4094 to 8190 bytes: valid queries with long multi-byte
+    # search terms reach ~6.5 KB and would get gunicorn's HTML 414 instead of our JSON.
     "$VENV/bin/gunicorn" config.wsgi:application \
         --chdir "$ROOT" \
         --bind "$BIND" \
         --worker-class sync \
         --workers "$WEB_CONCURRENCY" \
+        --limit-request-line 8190 \
         --daemon \
         --pid "$GUNICORN_PIDFILE" \
         --error-logfile "$GUNICORN_LOG" \

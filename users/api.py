@@ -40,6 +40,7 @@ from users.serializers import (
     UserCreateSerializer,
     UserEventsPageSerializer,
     UserListQuerySerializer,
+    UserPageSerializer,
     UserPatchSerializer,
     UserReplaceSerializer,
     UserSerializer,
@@ -69,8 +70,8 @@ ETAG = OpenApiParameter(
     description='The stream version, quoted ("3"); send it back as If-Match.',
 )
 LOCATION = OpenApiParameter(
-    "Location", OpenApiTypes.URI, OpenApiParameter.HEADER, response=[201],
-    description="URL of the new user.",
+    "Location", {"type": "string", "format": "uri-reference"}, OpenApiParameter.HEADER,
+    response=[201], description="Path of the new user (relative to the API's host).",
 )  # fmt: skip
 CAUGHT_UP = OpenApiParameter(
     "Read-Model-Caught-Up",
@@ -83,6 +84,9 @@ POSITION = OpenApiParameter(
     "Position", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[204],
     description="Global position of the event the delete recorded.",
 )  # fmt: skip
+USER_ID = OpenApiParameter(
+    "user_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The user's id."
+)
 CREATE_EXAMPLE = OpenApiExample(
     "New user",
     value={"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace"},
@@ -150,7 +154,7 @@ class UserListView(APIView):
         description="Users from the read model, newest first unless `ordering` says otherwise. "
         "Pass `wait_for` (a position from a write) to read your own writes.",
         parameters=[UserListQuerySerializer, CAUGHT_UP],
-        responses={200: UserSerializer(many=True), **PROBLEM_RESPONSES},
+        responses={200: UserPageSerializer, **PROBLEM_RESPONSES},
     )
     def get(self, request: Request) -> Response:
         query = _validated(UserListQuerySerializer, request.query_params)
@@ -196,7 +200,7 @@ class UserDetailView(APIView):
     @extend_schema(
         operation_id="users_retrieve",
         summary="Get a user",
-        parameters=[WaitForQuerySerializer, ETAG, CAUGHT_UP],
+        parameters=[USER_ID, WaitForQuerySerializer, ETAG, CAUGHT_UP],
         responses={200: UserSerializer, **PROBLEM_RESPONSES},
     )
     def get(self, request: Request, user_id: str) -> Response:
@@ -211,7 +215,7 @@ class UserDetailView(APIView):
         description="All fields required; records `UserUpdated` with the fields that change "
         "(nothing if none does).",
         request=UserReplaceSerializer,
-        parameters=[IF_MATCH, ETAG],
+        parameters=[USER_ID, IF_MATCH, ETAG],
         responses={200: UserWriteResultSerializer, **PROBLEM_RESPONSES},
     )
     def put(self, request: Request, user_id: str) -> Response:
@@ -221,7 +225,7 @@ class UserDetailView(APIView):
         operation_id="users_partial_update",
         summary="Change some of a user's fields",
         request=UserPatchSerializer,
-        parameters=[IF_MATCH, ETAG],
+        parameters=[USER_ID, IF_MATCH, ETAG],
         responses={200: UserWriteResultSerializer, **PROBLEM_RESPONSES},
     )
     def patch(self, request: Request, user_id: str) -> Response:
@@ -241,7 +245,7 @@ class UserDetailView(APIView):
         summary="Delete a user",
         description="Records `UserDeleted`; the email becomes free again. A deleted user "
         "stays in the list with status `deleted`; deleting it again is 409.",
-        parameters=[IF_MATCH, ETAG, POSITION],
+        parameters=[USER_ID, IF_MATCH, ETAG, POSITION],
         responses={
             204: OpenApiResponse(description="Deleted; ETag and Position headers tell where."),
             **PROBLEM_RESPONSES,
@@ -264,7 +268,7 @@ class UserEventsView(APIView):
         summary="A user's events",
         description="The user's stream, oldest first, with metadata (who, correlation, "
         "causation). Page with `from_version`.",
-        parameters=[StreamPageQuerySerializer, ETAG],
+        parameters=[USER_ID, StreamPageQuerySerializer, ETAG],
         responses={200: UserEventsPageSerializer, **PROBLEM_RESPONSES},
     )
     def get(self, request: Request, user_id: str) -> Response:

@@ -6,7 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from eventstore.api import EventSerializer
+from eventstore.api import EventSerializer, reject_blank_parameters
 from users.models import UserRecord
 
 
@@ -94,7 +94,24 @@ class UserSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class UserListQuerySerializer(NoUnknownFieldsMixin, serializers.Serializer):
+class UserPageSerializer(serializers.Serializer):
+    """A page of the user list (limit/offset pagination)."""
+
+    count = serializers.IntegerField(help_text="Users matching the filters, on all pages.")
+    next = serializers.URLField(allow_null=True, help_text="URL of the next page; null at the end.")
+    previous = serializers.URLField(allow_null=True, help_text="URL of the previous page.")
+    results = UserSerializer(many=True)
+
+
+class QueryParametersMixin(NoUnknownFieldsMixin):
+    """Query parameters: unknown names and blank values (``?status=``) are errors."""
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        reject_blank_parameters(self)  # type: ignore[arg-type]
+        return attrs
+
+
+class UserListQuerySerializer(QueryParametersMixin, serializers.Serializer):
     email = serializers.CharField(
         required=False, max_length=320, help_text="Exact email (any case)."
     )
@@ -116,7 +133,7 @@ class UserListQuerySerializer(NoUnknownFieldsMixin, serializers.Serializer):
     )
 
 
-class WaitForQuerySerializer(NoUnknownFieldsMixin, serializers.Serializer):
+class WaitForQuerySerializer(QueryParametersMixin, serializers.Serializer):
     wait_for = serializers.IntegerField(
         required=False,
         min_value=1,
@@ -124,7 +141,7 @@ class WaitForQuerySerializer(NoUnknownFieldsMixin, serializers.Serializer):
     )
 
 
-class StreamPageQuerySerializer(NoUnknownFieldsMixin, serializers.Serializer):
+class StreamPageQuerySerializer(QueryParametersMixin, serializers.Serializer):
     from_version = serializers.IntegerField(required=False, min_value=0, default=0)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=1000, default=100)
 
