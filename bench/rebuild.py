@@ -24,10 +24,10 @@ at the largest stage only:
                  as the working tree has it, to the end (it swaps the result in, and the
                  read model it built is compared with one computed from the events in SQL).
 * ours_textsort  the same with the feed query's ``ORDER BY transaction_id, position`` of
-                 HEAD (267ee2b), which sorts the xids as text (see docs/benchmarks.md):
+                 267ee2b and before, which sorts the xids as text (see docs/benchmarks.md):
                  its pages cost time proportional to the events after the cursor, so it
                  runs for ``--budget`` seconds and the whole-rebuild time is estimated from
-                 those pages. (If the tree still has HEAD's query, ``ours`` is that one and
+                 those pages. (If the tree has that query, ``ours`` is that one and
                  ``ours_feedfix`` measures the fix instead.)
 * ours_fixed     what-if: the fixed feed plus a lean ``UserListProjection.handle_batch``
                  (the same fold on tuples, one binary-parameter SELECT and one
@@ -86,7 +86,7 @@ os.environ.setdefault("LOG_LEVEL", "WARNING")
 SYSTEMS = ("ours", "ours_textsort", "ours_feedfix", "ours_fixed", "ceiling", "peer")
 LABELS = {
     "ours": "ours: replay() as in the tree",
-    "ours_textsort": "ours with HEAD's feed ORDER BY (text sort)",
+    "ours_textsort": "ours, 267ee2b's feed ORDER BY (text sort; first 10 s)",
     "ours_feedfix": "what-if: feed ORDER BY fixed",
     "ours_fixed": "what-if: fixed feed + lean handle_batch",
     "ceiling": "ceiling: bare psycopg read loop",
@@ -535,7 +535,7 @@ _FEED_ORDER_FIXED = "ORDER BY events.transaction_id, events.position"
 def _fixed_feed_sql(sql: str) -> str:
     """The store's feed statement with its ORDER BY naming the table's columns.
 
-    In HEAD (267ee2b), ``ORDER BY transaction_id`` names the SELECT list's
+    Up to 267ee2b (fixed in 6859e90), ``ORDER BY transaction_id`` names the SELECT list's
     ``transaction_id::text`` (an output column wins over an input column in ORDER BY),
     so PostgreSQL sorts the xids as text ('100002' < '99998'), cannot walk the feed
     index in order, and reads and sorts every event after the cursor on every page.
@@ -544,7 +544,7 @@ def _fixed_feed_sql(sql: str) -> str:
 
 
 def _text_sort_feed_sql(sql: str) -> str:
-    """The feed statement as HEAD (267ee2b) has it, whatever the working tree has."""
+    """The feed statement as it was up to 267ee2b, whatever the working tree has."""
     return sql.replace(_FEED_ORDER_FIXED, _FEED_ORDER_TEXT)
 
 
@@ -953,8 +953,8 @@ def feed_order_probe() -> dict[str, Any]:
     """Page through a 4-event feed with store.read_all(limit=1), xids straddling 100,000.
 
     The events sit in a scratch schema (same table definition) that search_path puts
-    first, so the store's own statement reads them: as in the working tree, with HEAD's
-    ORDER BY, and with the fix. With HEAD's, the feed orders xids as text ('100002' <
+    first, so the store's own statement reads them: as in the working tree, with 267ee2b's
+    ORDER BY, and with the fix. With 267ee2b's, the feed orders xids as text ('100002' <
     '99998'): it returns the later transaction first and its cursor then jumps past the
     earlier one, which is never delivered.
     """
@@ -1282,8 +1282,8 @@ def main() -> None:
     args = parser.parse_args()
     sizes = sorted(int(x) for x in args.sizes.split(","))
     tree_fixed = tree_feed_is_fixed()
-    # The what-if that differs from the tree: HEAD's text sort if the tree has the fix,
-    # the fix if it has HEAD's text sort.
+    # The what-if that differs from the tree: 267ee2b's text sort if the tree has the fix,
+    # the fix if it has the text sort.
     wanted = set(args.systems.split(","))
     wanted.discard("ours_feedfix" if tree_fixed else "ours_textsort")
     systems = [s for s in SYSTEMS if s in wanted]
