@@ -64,13 +64,18 @@ class Subscriber:
     def event_types(self) -> list[str]:
         return sorted(self._handlers)
 
-    def handle(self, event: RecordedEvent) -> None:
-        getattr(self, self._handlers[event.event_type])(event)
+    def dispatch(self, event: RecordedEvent, *args: Any) -> None:
+        """Call the ``@handles`` method for ``event``'s type with ``args`` then the event.
+
+        The one way events reach handlers: the default :meth:`handle_batch` passes no
+        extra arguments; a subscriber that folds a batch in memory passes its state.
+        """
+        getattr(self, self._handlers[event.event_type])(*args, event)
 
     def handle_batch(self, events: list[RecordedEvent]) -> None:
-        """Handle a batch inside its transaction; override to write in bulk."""
+        """Handle a batch inside its transaction; override to fold or write in bulk."""
         for event in events:
-            self.handle(event)
+            self.dispatch(event)
 
 
 class Projection(Subscriber):

@@ -42,30 +42,28 @@ class UserListProjection(Projection):
             )
 
     def fold(self, row: UserRecord, event: RecordedEvent) -> None:
-        self.handle_on(row, event)
+        self.dispatch(event, row)
         row.version = event.version
         row.last_position = event.position
         row.updated_at = event.recorded_at
 
-    def handle_on(self, row: UserRecord, event: RecordedEvent) -> None:
-        getattr(self, self._handlers[event.event_type])(row, event.data)
-
     @handles(UserCreated)
-    def created(self, row: UserRecord, event: UserCreated) -> None:
-        row.email, row.first_name, row.last_name = event.email, event.first_name, event.last_name
+    def created(self, row: UserRecord, event: RecordedEvent) -> None:
+        data: UserCreated = event.data
+        row.email, row.first_name, row.last_name = data.email, data.first_name, data.last_name
         row.status = UserRecord.Status.ACTIVE
 
     @handles(UserUpdated)
-    def updated(self, row: UserRecord, event: UserUpdated) -> None:
+    def updated(self, row: UserRecord, event: RecordedEvent) -> None:
         for field in ("email", "first_name", "last_name"):
-            value = getattr(event, field)
+            value = getattr(event.data, field)
             if value is not None:
                 setattr(row, field, value)
 
     @handles(UserDeleted)
-    def deleted(self, row: UserRecord, event: UserDeleted) -> None:
+    def deleted(self, row: UserRecord, event: RecordedEvent) -> None:
         row.status = UserRecord.Status.DELETED
 
     @handles(UserWelcomed)
-    def welcomed(self, row: UserRecord, event: UserWelcomed) -> None:
-        row.welcomed_at = event.welcomed_at
+    def welcomed(self, row: UserRecord, event: RecordedEvent) -> None:
+        row.welcomed_at = event.data.welcomed_at
