@@ -24,7 +24,7 @@ RECHECK_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 @shared_task(name="eventstore.tasks.run_subscriber", acks_late=True, ignore_result=True)
 def run_subscriber(name: str, recheck: int = 0) -> str:
     """Catch one subscriber up; duplicates are harmless (lock + checkpoint)."""
-    wakeups.clear(name)
+    wakeups.clear(wakeups.recheck_key(name) if recheck else wakeups.wake_key(name))
     try:
         subscriber = subscriptions.get(name)
     except LookupError:
@@ -33,13 +33,13 @@ def run_subscriber(name: str, recheck: int = 0) -> str:
     budget = settings.SUBSCRIBER_TASK_TIME_BUDGET_SECONDS
     result = subscriptions.catch_up(subscriber, time_budget=budget)
     if result.stopped == "time_budget":
-        run_subscriber.delay(name)  # let other tasks in between long catch-ups
+        wakeups.wake([name])  # let other tasks in between long catch-ups
     elif (
         result.stopped == "caught_up"
         and recheck < len(RECHECK_DELAYS)
         and subscriptions.has_pending(subscriber)
     ):
-        run_subscriber.apply_async((name, recheck + 1), countdown=RECHECK_DELAYS[recheck])
+        wakeups.recheck(name, recheck + 1, RECHECK_DELAYS[recheck])
     return result.stopped
 
 
@@ -47,8 +47,7 @@ def run_subscriber(name: str, recheck: int = 0) -> str:
 def wake_all_subscribers() -> int:
     """The safety net (Celery beat): wakes every subscriber, whatever was lost."""
     names = [subscriber.name for subscriber in subscriptions.all_subscribers()]
-    for name in names:
-        run_subscriber.delay(name)
+    wakeups.wake(names)
     return len(names)
 
 

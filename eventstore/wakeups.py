@@ -1,25 +1,66 @@
-"""Waking subscribers through Celery, at most one queued wake-up per subscriber.
+"""Queueing Celery tasks at most once at a time: wake-ups of subscribers and the like.
 
-A Redis key marks "a wake-up is queued"; the task deletes it before it reads the feed,
-so an append that lands after the deletion queues a new one and nothing is missed. If
-Redis is unreachable the append has still committed: the periodic safety net (Celery
-beat, every ``SUBSCRIBER_SAFETY_NET_SECONDS``) and the next wake-up catch up.
+A Redis key marks "this task is queued and has not started". The task deletes the key
+before it reads anything, so work that lands after the deletion queues a new one and
+nothing is missed, while a burst of appends queues one task, not one per append. Every
+path that queues a subscriber (after commit, a re-check, the time-budget hand-over,
+the safety net) goes through here, so the queue holds at most one immediate and one
+delayed task per subscriber, whatever the load.
+
+If Redis is unreachable the append has still committed: the periodic safety net
+(Celery beat, every ``SUBSCRIBER_SAFETY_NET_SECONDS``) and the next wake-up catch up.
+A key whose task was lost expires after ``KEY_TTL_SECONDS`` (plus any countdown).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Any
 
 from django.core.cache import cache
 
 logger = logging.getLogger(__name__)
 
-WAKE_KEY_TTL_SECONDS = 30
+KEY_TTL_SECONDS = 30
 
 
 def wake_key(name: str) -> str:
     return f"eventstore:wake:{name}"
+
+
+def recheck_key(name: str) -> str:
+    return f"eventstore:recheck:{name}"
+
+
+def send_once(
+    key: str, task: Any, args: tuple = (), countdown: float = 0.0, *, what: str = ""
+) -> bool:
+    """Queue ``task`` unless ``key`` says one is queued already. Never raises.
+
+    Returns whether a task was queued by this call; ``what`` names it in the log.
+    """
+    try:
+        if not cache.add(key, 1, KEY_TTL_SECONDS + int(countdown)):
+            return False
+        if countdown > 0:
+            task.apply_async(args, countdown=countdown)
+        else:
+            task.apply_async(args)
+        return True
+    except Exception as exc:  # the broker or Redis is down: the safety net covers it
+        logger.warning("could not queue %s (%s); the safety net will", what or key, exc)
+        with contextlib.suppress(Exception):
+            cache.delete(key)
+        return False
+
+
+def clear(key: str) -> None:
+    """Called by the task as it starts: from now on, new work queues a new task."""
+    try:
+        cache.delete(key)
+    except Exception as exc:
+        logger.warning("could not clear %s: %s", key, exc)
 
 
 def wake(names: list[str]) -> None:
@@ -27,17 +68,16 @@ def wake(names: list[str]) -> None:
     from eventstore.tasks import run_subscriber
 
     for name in names:
-        try:
-            if cache.add(wake_key(name), 1, WAKE_KEY_TTL_SECONDS):
-                run_subscriber.delay(name)
-        except Exception as exc:  # the broker or Redis is down: the safety net covers it
-            logger.warning("could not queue a wake-up for %s (%s); the safety net will", name, exc)
-            with contextlib.suppress(Exception):
-                cache.delete(wake_key(name))
+        send_once(wake_key(name), run_subscriber, (name,), what=f"a wake-up for {name}")
 
 
-def clear(name: str) -> None:
-    try:
-        cache.delete(wake_key(name))
-    except Exception as exc:
-        logger.warning("could not clear the wake-up key of %s: %s", name, exc)
+def recheck(name: str, attempt: int, countdown: float) -> bool:
+    """Queue a delayed look for events held above the horizon, unless one is queued.
+
+    Kept apart from :func:`wake`: a pending re-check must not delay a fresh wake-up.
+    """
+    from eventstore.tasks import run_subscriber
+
+    return send_once(
+        recheck_key(name), run_subscriber, (name, attempt), countdown, what=f"a re-check of {name}"
+    )

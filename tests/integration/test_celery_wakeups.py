@@ -96,7 +96,7 @@ def test_appends_while_redis_is_down_are_processed_when_it_returns(tmp_path) -> 
         )
         assert appender.returncode == 0, appender.stderr
         assert "appended" in appender.stdout
-        assert "could not queue a wake-up" in appender.stderr
+        assert "could not queue a wake-up for test-tally" in appender.stderr
         assert Event.objects.filter(stream_id__in=streams).count() == 15
         assert tallies() == {}
 
@@ -107,3 +107,37 @@ def test_appends_while_redis_is_down_are_processed_when_it_returns(tmp_path) -> 
         beat.stop()
         worker.stop()
         redis.stop()
+
+
+def broker_tasks() -> list[tuple[str, str]]:
+    """(task name, args) of every message waiting in the broker's default queue."""
+    import json
+
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    headers = [json.loads(raw)["headers"] for raw in client.lrange("celery", 0, -1)]
+    return [(h["task"], h["argsrepr"]) for h in headers]
+
+
+def test_a_burst_of_appends_queues_one_wake_up_per_subscriber() -> None:
+    """No worker runs: whatever wakes the tally (appends, the safety net), one task waits."""
+    from django.core.cache import cache
+
+    from eventstore import wakeups
+    from eventstore.tasks import wake_all_subscribers
+
+    cache.clear()  # the broker's queue and the wake-up marks (same Redis database)
+    write(10, 3)  # thirty appends, each waking the tally after its commit
+    wake_all_subscribers()  # the safety net while a wake-up is queued
+    wake = ("eventstore.tasks.run_subscriber", "('test-tally',)")
+    assert broker_tasks().count(wake) == 1
+    # A delayed re-check is queued apart: it neither blocks a fresh wake-up nor doubles.
+    assert wakeups.recheck("test-tally", 1, 5.0)
+    assert not wakeups.recheck("test-tally", 2, 5.0)
+    wakeups.clear(wakeups.wake_key("test-tally"))  # what a starting task does
+    write(1, 1)
+    tasks = broker_tasks()
+    assert tasks.count(wake) == 2
+    assert tasks.count(("eventstore.tasks.run_subscriber", "('test-tally', 1)")) == 1
