@@ -1,20 +1,31 @@
 """Running saga steps: one at a time per instance, retried with backoff, never twice.
 
-A step runs inside a transaction holding the instance's row lock, so two workers
-cannot run the same step at once; what the step did and the instance's new state
-commit together. A step that raises is recorded (attempts, last error, next attempt)
-and retried later; after ``MAX_ATTEMPTS`` the instance is marked failed.
+A runner holds the instance's advisory lock (session-level) while it runs a step, so two
+workers cannot run the same step at once. The lock takes no transaction id: a step that
+waits on a mail server before it writes anything holds back no subscriber's horizon
+(the feed only reads below the oldest running transaction id). What the step wrote and
+the instance's new state commit in one transaction, and the new state is written only
+if nobody (the saga's subscriber, an operator) changed the instance's status or step
+meanwhile; otherwise everything the step wrote is rolled back and the runner moves on.
+
+A step that raises is recorded (attempts, last error, next attempt) and retried later;
+after ``MAX_ATTEMPTS`` the instance is marked failed. Due steps are run in bulk by one
+queued task at a time (:func:`wake_runner`), not one task per instance.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
-from datetime import timedelta
+import math
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
+from eventstore import wakeups
 from sagas.models import SagaInstance
 
 logger = logging.getLogger(__name__)
@@ -23,58 +34,122 @@ MAX_ATTEMPTS = 8
 MAX_BACKOFF_SECONDS = 300
 Step = Callable[[SagaInstance], None]
 
+# Fields a step may change. ``handled_events`` is the subscriber's alone, so a step
+# finishing while the subscriber records an event does not undo that record.
+STEP_FIELDS = ["status", "step", "attempts", "next_attempt_at", "last_error",
+               "issued_commands", "data", "updated_at", "finished_at"]  # fmt: skip
+RUNNER_NOW_KEY = "sagas:runner:now"
+# Delayed runs are grouped into slots, so a burst of instances due at nearly the same
+# time queues one delayed task per slot rather than one per instance.
+RUNNER_SLOT_SECONDS = 0.1
+
 
 def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(2 ** (attempts - 1), MAX_BACKOFF_SECONDS))
 
 
+def wake_runner(at: datetime | None = None) -> None:
+    """Queue a run of the due steps now (or at ``at``), unless one is queued. Never raises."""
+    from sagas.tasks import run_due_saga_steps
+
+    delay = 0.0 if at is None else (at - timezone.now()).total_seconds()
+    if delay <= 0:
+        wakeups.send_once(RUNNER_NOW_KEY, run_due_saga_steps, what="the saga step runner")
+        return
+    slot = math.ceil((time.time() + delay) / RUNNER_SLOT_SECONDS)
+    countdown = max(0.0, slot * RUNNER_SLOT_SECONDS - time.time())
+    wakeups.send_once(
+        f"sagas:runner:at:{slot}",
+        run_due_saga_steps,
+        countdown=countdown,
+        what="the saga step runner",
+    )
+
+
 def schedule(instance: SagaInstance) -> None:
-    """Queue the instance's next step for when it is due, once this transaction commits."""
-    from sagas.tasks import run_saga_step
-
-    def send() -> None:
-        delay = 0.0
-        if instance.next_attempt_at is not None:
-            delay = max(0.0, (instance.next_attempt_at - timezone.now()).total_seconds())
-        try:
-            run_saga_step.apply_async((instance.pk,), countdown=delay)
-        except Exception as exc:  # broker down: the periodic sweep picks due steps up
-            logger.warning("could not queue saga step %s (%s); the sweep will", instance.pk, exc)
-
-    transaction.on_commit(send)
+    """Have the instance's next step run when it is due, once this transaction commits."""
+    due = instance.next_attempt_at
+    transaction.on_commit(lambda: wake_runner(due))
 
 
-def run_step(instance_id: int, steps: dict[str, Step]) -> str:
-    """Run the due step of one instance; returns what happened, for logs and tests."""
-    with transaction.atomic():
-        instance = (
-            SagaInstance.objects.select_for_update(skip_locked=True).filter(pk=instance_id).first()
-        )
+@contextlib.contextmanager
+def _instance_lock(instance_id: int) -> Iterator[bool]:
+    key = f"saga-instance:{instance_id}"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [key])
+        locked = cursor.fetchone()[0]
+    try:
+        yield locked
+    finally:
+        if locked:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [key])
+            except Exception as exc:  # a broken connection has released it already
+                logger.warning("could not release the lock of saga %s: %s", instance_id, exc)
+
+
+class _ChangedMeanwhile(Exception):
+    pass
+
+
+def _save_step(instance: SagaInstance, status: str, step: str) -> None:
+    """Write what the step changed if the instance is still at (status, step)."""
+    changed = SagaInstance.objects.filter(pk=instance.pk, status=status, step=step).update(
+        **{field: getattr(instance, field) for field in STEP_FIELDS}
+    )
+    if not changed:
+        raise _ChangedMeanwhile
+
+
+def run_step(instance_id: int, steps: dict[str, Step], *, follow: bool = False) -> str:
+    """Run the due step of one instance; returns what happened, for logs and tests.
+
+    On success that is the instance's new step. With ``follow``, the steps that become
+    due at once run too, under the same lock (the runner's way: one lock and one read
+    per instance instead of one per step); without it the next step is scheduled.
+    """
+    with _instance_lock(instance_id) as locked:
+        if not locked:
+            return "busy"
+        instance = SagaInstance.objects.filter(pk=instance_id).first()
         if instance is None:
-            return "busy-or-missing"
-        if not instance.is_open:
-            return f"already {instance.status}"
-        if instance.next_attempt_at and instance.next_attempt_at > timezone.now():
-            return "not due"
-        step = steps.get(instance.step)
-        if step is None:
-            return f"waiting for an event ({instance.step})"
-        try:
-            with transaction.atomic():
-                step(instance)
-        except Exception as exc:
-            instance.refresh_from_db()  # forget what the failed step changed in memory
-            record_failure(instance, exc)
-            return "failed attempt"
-        instance.updated_at = timezone.now()
-        instance.save()
-        if instance.is_open and instance.step in steps:
-            schedule(instance)
-        return instance.step
+            return "missing"
+        while True:
+            outcome = _run_one(instance, steps)
+            if not follow or outcome not in steps:
+                break
+    if not follow and outcome in steps:  # succeeded, and another step is to come
+        schedule(instance)
+    return outcome
 
 
-def record_failure(instance: SagaInstance, exc: Exception) -> None:
-    """Count a failed attempt and plan the next (or give up); inside the step's lock."""
+def _run_one(instance: SagaInstance, steps: dict[str, Step]) -> str:
+    if not instance.is_open:
+        return f"already {instance.status}"
+    if instance.next_attempt_at and instance.next_attempt_at > timezone.now():
+        return "not due"
+    step = steps.get(instance.step)
+    if step is None:
+        return f"waiting for an event ({instance.step})"
+    seen = (instance.status, instance.step)
+    try:
+        with transaction.atomic():
+            step(instance)
+            instance.updated_at = timezone.now()
+            _save_step(instance, *seen)
+    except _ChangedMeanwhile:
+        return "changed meanwhile"
+    except Exception as exc:
+        return _record_failure(instance.pk, seen, exc)
+    return instance.step
+
+
+def _record_failure(instance_id: int, seen: tuple[str, str], exc: Exception) -> str:
+    """Count a failed attempt and plan the next (or give up); still under the lock."""
+    instance = SagaInstance.objects.get(pk=instance_id)  # forget what the step changed
+    if (instance.status, instance.step) != seen:
+        return "changed meanwhile"
     instance.attempts += 1
     instance.last_error = f"{type(exc).__name__}: {exc}"[:2000]
     instance.updated_at = timezone.now()
@@ -89,21 +164,57 @@ def record_failure(instance: SagaInstance, exc: Exception) -> None:
             "saga %s step %s failed (attempt %s), retry at %s: %s",
             instance.pk, instance.step, instance.attempts, instance.next_attempt_at, exc,
         )  # fmt: skip
-        schedule(instance)
-    instance.save()
+    with transaction.atomic():
+        try:
+            _save_step(instance, *seen)
+        except _ChangedMeanwhile:
+            return "changed meanwhile"
+        if instance.is_open:
+            schedule(instance)
+    return "failed attempt"
 
 
 def due_instances(steps: dict[str, Step], limit: int = 500) -> list[int]:
-    """Open instances whose step is due: what the periodic sweep runs."""
+    """Open instances whose step is due, the longest waiting first."""
     return list(
         SagaInstance.objects.filter(
-            status__in=[SagaInstance.Status.STARTED, SagaInstance.Status.WAITING],
+            status__in=_OPEN,
             step__in=list(steps),
             next_attempt_at__lte=timezone.now(),
         )
         .order_by("next_attempt_at")
         .values_list("pk", flat=True)[:limit]
     )
+
+
+def run_due(steps: dict[str, Step], *, time_budget: float = 30.0, page: int = 200) -> int:
+    """Run every due step (each instance's next ones too, once due); returns instances run.
+
+    An instance is taken up once per call, so one that stays due (busy elsewhere) cannot
+    keep the runner spinning. Out of time, it queues another run and returns.
+    """
+    deadline = time.monotonic() + time_budget
+    tried: set[int] = set()
+    ran = 0
+    while True:
+        ids = [pk for pk in due_instances(steps, limit=page + len(tried)) if pk not in tried]
+        if not ids:
+            return ran
+        for instance_id in ids[:page]:
+            tried.add(instance_id)
+            run_step(instance_id, steps, follow=True)
+            ran += 1
+            if time.monotonic() > deadline:
+                wake_runner()
+                return ran
+
+
+def mark_cancelled(instance: SagaInstance, reason: str) -> None:
+    """Change the instance to cancelled in memory (the caller saves it)."""
+    instance.status = SagaInstance.Status.CANCELLED
+    instance.last_error = reason
+    instance.next_attempt_at = None
+    instance.finished_at = instance.updated_at = timezone.now()
 
 
 def retry(instance: SagaInstance) -> None:
@@ -126,10 +237,7 @@ def retry(instance: SagaInstance) -> None:
 def cancel(instance: SagaInstance, reason: str = "cancelled by an operator") -> None:
     if not instance.is_open and instance.status != SagaInstance.Status.FAILED:
         raise ValueError(f"saga {instance.pk} is {instance.status} and cannot be cancelled")
-    instance.status = SagaInstance.Status.CANCELLED
-    instance.last_error = reason
-    instance.next_attempt_at = None
-    instance.finished_at = instance.updated_at = timezone.now()
+    mark_cancelled(instance, reason)
     instance.save()
 
 

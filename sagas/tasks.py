@@ -2,15 +2,24 @@
 
 from celery import shared_task
 
-from sagas import welcome
+from eventstore import wakeups
+from sagas import steps, welcome
+
+
+@shared_task(name="sagas.tasks.run_due_saga_steps", acks_late=True, ignore_result=True)
+def run_due_saga_steps() -> int:
+    """Run every due step; at most one is queued to run now (see steps.wake_runner)."""
+    wakeups.clear(steps.RUNNER_NOW_KEY)
+    return welcome.run_due()
 
 
 @shared_task(name="sagas.tasks.run_saga_step", acks_late=True, ignore_result=True)
 def run_saga_step(instance_id: int) -> str:
+    """One instance's step; kept for messages queued before steps were run in bulk."""
     return welcome.run(instance_id)
 
 
 @shared_task(name="sagas.tasks.sweep_due_sagas", ignore_result=True)
 def sweep_due_sagas() -> int:
-    """Periodic: queue steps that are due but whose task was lost (broker down, crash)."""
+    """Periodic: run due steps whose wake-up was lost (broker down, crash)."""
     return welcome.sweep()

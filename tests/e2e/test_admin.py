@@ -70,7 +70,7 @@ def run_welcome(user_id: uuid.UUID) -> SagaInstance:
     """Run the welcome saga in-process up to UserWelcomed (caused by UserCreated)."""
     catch_up("welcome-saga")
     instance = SagaInstance.objects.get(correlation_key=str(user_id))
-    assert welcome.run(instance.pk) == "await_welcomed"
+    assert welcome.run(instance.pk) == "send_email"
     catch_up()
     return SagaInstance.objects.get(pk=instance.pk)
 

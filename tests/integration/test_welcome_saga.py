@@ -15,7 +15,7 @@ from sagas import welcome
 from sagas.models import SagaInstance
 from tests.conftest import settle
 from tests.processes import celery_beat, celery_worker, child_env, wait_for
-from tests.testapp.mail import FlakyBackend
+from tests.testapp.mail import FlakyBackend, XidProbeBackend
 from tests.testapp.models import Switch
 from users import handlers
 from users.commands import CreateUser, DeleteUser
@@ -60,6 +60,8 @@ def drive(user_id: uuid.UUID) -> None:
 def test_a_created_user_is_welcomed_once_by_the_worker(celery_worker, settings) -> None:
     user_id = create_user("hello@example.com")
     wait_for(lambda: SagaInstance.objects.filter(status="completed").count() == 1, 30, "saga")
+    # The email may go out before the saga's subscriber has seen UserWelcomed.
+    wait_for(lambda: len(instance_for(user_id).handled_events) == 2, 30, "UserWelcomed seen")
     instance = instance_for(user_id)
     assert instance.step == "done"
     assert welcomes(user_id) == 1
@@ -233,3 +235,25 @@ def test_sagas_command_lists_retries_and_cancels(settings) -> None:
         call_command("sagas", "retry", str(instance.pk))
     with pytest.raises(CommandError, match="no saga instance"):
         call_command("sagas", "cancel", "999999")
+
+
+def test_the_runner_takes_every_due_step_and_sends_without_a_transaction_id(settings) -> None:
+    settings.EMAIL_BACKEND = "tests.testapp.mail.XidProbeBackend"
+    XidProbeBackend.seen = []
+    users = [create_user() for _ in range(5)]
+    deleted = users.pop()
+    run_saga_subscriber()
+    handlers.handle(DeleteUser(user_id=deleted))  # its step must cancel, not welcome
+    assert welcome.run_due() == 5  # five instances, both steps of each in one go
+    assert [instance_for(u).status for u in users] == ["completed"] * 4
+    assert instance_for(deleted).status == "cancelled"
+    assert [welcomes(u) for u in users] == [1] * 4
+    assert welcomes(deleted) == 0
+    assert len(mail.outbox) == 4
+    # Sent while holding the instance's advisory lock, but no transaction id: a slow mail
+    # server must not hold back the subscribers' horizon.
+    assert XidProbeBackend.seen == [None] * 4
+    assert welcome.run_due() == 0  # nothing is due any more
+    run_saga_subscriber()  # sees the UserWelcomed events: records them, sends nothing more
+    assert len(mail.outbox) == 4
+    assert all(len(instance_for(u).handled_events) == 2 for u in users)

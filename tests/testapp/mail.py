@@ -34,3 +34,21 @@ class FlakyBackend(LocmemBackend):
             FlakyBackend.failures_left -= 1
             raise ConnectionRefusedError("mail server unavailable")
         return super().send_messages(messages)
+
+
+class XidProbeBackend(LocmemBackend):
+    """Records, per send, the transaction id the sending connection holds (None: none).
+
+    An id held across a send would hold back every subscriber's horizon for as long as
+    the mail server takes to answer.
+    """
+
+    seen: list = []
+
+    def send_messages(self, messages):
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_current_xact_id_if_assigned()")
+            XidProbeBackend.seen.append(cursor.fetchone()[0])
+        return super().send_messages(messages)
