@@ -16,11 +16,13 @@ queued task at a time (:func:`wake_runner`), not one task per instance.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -93,10 +95,16 @@ class _ChangedMeanwhile(Exception):
     pass
 
 
-def _save_step(instance: SagaInstance, status: str, step: str) -> None:
-    """Write what the step changed if the instance is still at (status, step)."""
+def _save_step(
+    instance: SagaInstance, status: str, step: str, before: dict[str, Any] | None = None
+) -> None:
+    """Write what the step changed if the instance is still at (status, step).
+
+    With ``before`` (the fields' values before the step), only the fields that differ.
+    """
+    fields = [f for f in STEP_FIELDS if before is None or getattr(instance, f) != before[f]]
     changed = SagaInstance.objects.filter(pk=instance.pk, status=status, step=step).update(
-        **{field: getattr(instance, field) for field in STEP_FIELDS}
+        **{field: getattr(instance, field) for field in fields}
     )
     if not changed:
         raise _ChangedMeanwhile
@@ -133,11 +141,12 @@ def _run_one(instance: SagaInstance, steps: dict[str, Step]) -> str:
     if step is None:
         return f"waiting for an event ({instance.step})"
     seen = (instance.status, instance.step)
+    before = {field: copy.deepcopy(getattr(instance, field)) for field in STEP_FIELDS}
     try:
         with transaction.atomic():
             step(instance)
             instance.updated_at = timezone.now()
-            _save_step(instance, *seen)
+            _save_step(instance, *seen, before)
     except _ChangedMeanwhile:
         return "changed meanwhile"
     except Exception as exc:
