@@ -13,14 +13,9 @@ def subscriber_status() -> list[dict[str, Any]]:
     """One row per registered subscriber (and per orphaned checkpoint), with its lag."""
     with connection.cursor() as cursor:
         cursor.execute(
-            """
-            SELECT c.name, c.kind, c.cursor_position, c.events_processed, c.updated_at,
-                   c.last_event_at, c.error, c.error_position, c.error_count, c.retry_at,
-                   (SELECT count(*) FROM events e
-                    WHERE (e.transaction_id, e.position)
-                          > (c.cursor_transaction_id, c.cursor_position)) AS lag
-            FROM checkpoints c ORDER BY c.name
-            """
+            "SELECT c.name, c.kind, c.cursor_position, c.events_processed, c.updated_at, "
+            "c.last_event_at, c.error, c.error_position, c.error_count, c.retry_at, "
+            f"{subscriptions.LAG_SQL} AS lag FROM checkpoints c ORDER BY c.name"
         )
         columns = [col.name for col in cursor.description]
         found = {row[0]: dict(zip(columns, row, strict=True)) for row in cursor.fetchall()}

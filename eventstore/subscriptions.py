@@ -404,12 +404,18 @@ def has_pending(subscriber: Subscriber, using: str = "default") -> bool:
         return cursor.fetchone()[0]
 
 
+# Events in the feed after checkpoint ``c`` (of every type): the lag operators see.
+LAG_SQL = (
+    "(SELECT count(*) FROM events e "
+    "WHERE (e.transaction_id, e.position) > (c.cursor_transaction_id, c.cursor_position))"
+)
+
+
 def lag(name: str, using: str = "default") -> int:
     """Events in the feed after the subscriber's checkpoint (of every type)."""
     with connections[using].cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM events e, checkpoints c WHERE c.name = %s "
-            "AND (e.transaction_id, e.position) > (c.cursor_transaction_id, c.cursor_position)",
-            [name],
-        )
-        return cursor.fetchone()[0]
+        cursor.execute(f"SELECT {LAG_SQL} FROM checkpoints c WHERE c.name = %s", [name])
+        row = cursor.fetchone()
+    if row is None:
+        raise LookupError(f"subscriber {name!r} has no checkpoint yet")
+    return row[0]
