@@ -194,6 +194,9 @@ REST_FRAMEWORK = {
     "MAX_PAGE_SIZE": 500,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
+# Each process trusts a token it has checked for this long: the bound on revocation in
+# other processes (0: look every token up on every request).
+API_TOKEN_CACHE_SECONDS = env.float("API_TOKEN_CACHE_SECONDS", default=5.0)
 # A repeated POST with the same Idempotency-Key is recognised for this long.
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 # GET ?wait_for=<position> waits at most this long for the read model to catch up.

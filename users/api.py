@@ -107,9 +107,14 @@ def _user_id(raw: str) -> uuid.UUID:
         raise ValidationError({"id": [f"{raw!r} is not a valid UUID."]}) from None
 
 
+# One instance serves every write: a new serializer per response copies its fields again
+# (0.13 ms), while to_representation keeps no state (DRF reuses a list's child the same way).
+_WRITE_RESULT = UserWriteResultSerializer()
+
+
 def _write_response(result: CommandResult, status_code: int = 200, **headers: str) -> Response:
     user = result.user
-    body = UserWriteResultSerializer(
+    body = _WRITE_RESULT.to_representation(
         {
             "id": user.id,
             "email": user.email,
@@ -120,7 +125,7 @@ def _write_response(result: CommandResult, status_code: int = 200, **headers: st
             "version": user.version,
             "position": result.position,
         }
-    ).data
+    )
     return Response(body, status=status_code, headers={"ETag": f'"{user.version}"', **headers})
 
 
@@ -204,10 +209,15 @@ class UserDetailView(APIView):
         responses={200: UserSerializer, **PROBLEM_RESPONSES},
     )
     def get(self, request: Request, user_id: str) -> Response:
-        query = _validated(WaitForQuerySerializer, request.query_params)
+        # Most reads carry no query string: then there is nothing to validate.
+        params = request.query_params
+        query = _validated(WaitForQuerySerializer, params) if params else {}
         headers = _wait_for_read_model(request, query.get("wait_for"))
         user = selectors.user_detail(_user_id(user_id))
-        return Response(UserSerializer(user).data, headers={"ETag": f'"{user.version}"', **headers})
+        # The row is the response already: DRF's JSON encoder writes its UUID and UTC
+        # datetimes exactly as UserSerializer (the documented shape) would, at a fraction
+        # of the cost (tests/e2e/test_request_path.py compares the two).
+        return Response(user, headers={"ETag": f'"{user["version"]}"', **headers})
 
     @extend_schema(
         operation_id="users_replace",

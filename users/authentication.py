@@ -2,16 +2,27 @@
 
 Only a SHA-256 of each token is stored, so a database leak reveals no usable token;
 looking a token up by its hash also compares nothing secret character by character.
+
+Each process remembers a token it has checked for ``API_TOKEN_CACHE_SECONDS`` (5 s), so
+that a client's steady traffic costs no token query per request. That is the bound on
+revocation: a token deleted, or a user deactivated, in this process stops working at
+once (signals drop the entries); in every other process within that many seconds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache.backends.locmem import LocMemCache
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
@@ -20,6 +31,10 @@ from users.models import ApiToken
 
 TOKEN_BYTES = 32
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+# Django's in-process cache: entries are pickled, so every request gets its own copy of
+# the user, never one another request has touched.
+_checked_tokens = LocMemCache("users-api-tokens", {"OPTIONS": {"MAX_ENTRIES": 10_000}})
 
 
 def hash_token(token: str) -> str:
@@ -33,6 +48,11 @@ def issue_token(user: AbstractBaseUser, name: str = "") -> tuple[ApiToken, str]:
         user=user, name=name, key_hash=hash_token(token), prefix=token[:8]
     )
     return record, token
+
+
+def forget_checked_tokens() -> None:
+    """Make this process look every token up again on its next use."""
+    _checked_tokens.clear()
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):
@@ -50,16 +70,44 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             token = header[1].decode("ascii")
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed("Invalid token.") from None
-        record = ApiToken.objects.select_related("user").filter(key_hash=hash_token(token)).first()
-        if record is None or not record.user.is_active:
-            raise exceptions.AuthenticationFailed("Invalid or revoked token.")
+        key_hash = hash_token(token)
+        cached = _checked_tokens.get(key_hash)
+        if cached is None:
+            record = ApiToken.objects.select_related("user").filter(key_hash=key_hash).first()
+            if record is None or not record.user.is_active:
+                raise exceptions.AuthenticationFailed("Invalid or revoked token.")
+            expires = time.time() + settings.API_TOKEN_CACHE_SECONDS
+        else:
+            expires, record = cached
         now = timezone.now()
         if record.last_used_at is None or now - record.last_used_at > _LAST_USED_RESOLUTION:
-            ApiToken.objects.filter(pk=record.pk).update(last_used_at=now)
+            if not ApiToken.objects.filter(pk=record.pk).update(last_used_at=now):
+                # Deleted since this process cached it: the write noticed first.
+                _checked_tokens.delete(key_hash)
+                raise exceptions.AuthenticationFailed("Invalid or revoked token.")
+            record.last_used_at = now
+            cached = None
+        if cached is None and (remaining := expires - time.time()) > 0:
+            # The entry keeps the deadline of its lookup, so refreshing last_used_at
+            # never stretches the revocation bound.
+            _checked_tokens.set(key_hash, (expires, record), remaining)
         return record.user, record
 
     def authenticate_header(self, request: Any) -> str:
         return f'{self.keyword} realm="api"'
+
+
+@receiver(post_save, sender=ApiToken, dispatch_uid="users.api_token_changed")
+@receiver(post_delete, sender=ApiToken, dispatch_uid="users.api_token_deleted")
+def _forget_token(sender: type, instance: ApiToken, **kwargs: Any) -> None:
+    _checked_tokens.delete(instance.key_hash)
+
+
+@receiver(post_save, sender=get_user_model(), dispatch_uid="users.token_user_changed")
+@receiver(post_delete, sender=get_user_model(), dispatch_uid="users.token_user_deleted")
+def _forget_user_tokens(sender: type, **kwargs: Any) -> None:
+    # Deactivating a user revokes their tokens; users change rarely, so forget them all.
+    forget_checked_tokens()
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):

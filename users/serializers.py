@@ -8,6 +8,7 @@ from rest_framework import serializers
 
 from eventstore.api import EventSerializer, reject_blank_parameters
 from users.models import UserRecord
+from users.selectors import USER_FIELDS
 
 
 class StrictCharField(serializers.CharField):
@@ -87,10 +88,7 @@ class UserSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = UserRecord
-        fields = [
-            "id", "email", "first_name", "last_name", "status", "welcomed_at",
-            "version", "created_at", "updated_at",
-        ]  # fmt: skip
+        fields = list(USER_FIELDS)
         read_only_fields = fields
 
 

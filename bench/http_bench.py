@@ -1,8 +1,8 @@
 """HTTP throughput and latency: POST /v1/users and GET /v1/users/{id} vs GET /health.
 
-Run (one command, from the project root, about 4 minutes)::
+Run (one command, from the project root, about 5 minutes)::
 
-    .venv/bin/python bench/http.py
+    .venv/bin/python bench/http_bench.py
 
 It needs ``wrk`` (``apt-get install -y wrk``), PostgreSQL at
 ``postgres://postgres@127.0.0.1:5432`` (``BENCH_PG_URL``) and Redis at
@@ -15,63 +15,48 @@ port 8811 with ``DEBUG=false``, ``THROTTLE_USER_RATE=100000000/minute`` (so the 
 measures the service, not the rate limit) and ``WELCOME_DELAY_SECONDS=0``. It stops
 everything with ``scripts/down.sh`` at the end, whatever happens.
 
-After creating an API token (``manage.py create_api_token``) and 1,000 users through the
-API, wrk drives the server over loopback with 32 connections (2 threads), in
-``--rounds`` rounds (default 3) of ``--seconds`` (default 10) per endpoint, the order
-rotating each round, after a 3-second warm-up of each:
+Phases, so that none disturbs another: create an API token (``manage.py
+create_api_token``) and seed 1,000 users through the API; wait until the worker is idle;
+warm up each endpoint for 3 s (then wait for idle again); then ``--rounds`` rounds
+(default 3), each of ``--seconds`` (default 10) of health and of get (their order
+alternating) followed by post, and after post a wait until the worker is idle again:
 
 * health  GET /health: the same server, the same gunicorn, no authentication, no
           database: the ceiling.
 * get     GET /v1/users/{id} with a bearer token, ids drawn at random from the 1,000.
 * post    POST /v1/users with a bearer token, a unique email per request (wrk Lua).
 
-Each POST run leaves welcome sagas for the worker; before each GET and health run the
-bench waits (at most ``--drain`` s, 120) until the worker is idle, so that it measures
-the web tier, not the backlog (``--no-drain`` to skip). For each run it records
-requests/s, latency percentiles (wrk's), every status code, socket errors, and the CPU
-spent per request by gunicorn, the Celery worker, the PostgreSQL backends of
-``bench_http`` and wrk, plus what everything else on the machine used. At the end it
-waits for the read model and checks that every user created (every 201) is in it.
-Results go to ``bench/results/http.json`` (gitignored), the chart to
-``docs/img/http.png``.
+"Idle" means: every subscriber's checkpoint at the head of the feed (the checkpoints
+table, as ``manage.py projection_status`` counts lag), no welcome saga open, no task
+queued or unacknowledged in the broker, and the worker's processes using under 5% of a
+core over the last second, twice in a row. So health and get run with the worker idle,
+and the CPU the worker spends on what a post phase started is measured in that phase
+and in the drain after it. wrk drives the server over loopback with 32 connections (2
+threads). For each phase it records requests/s, latency percentiles (wrk's), every
+status code, socket errors, and the CPU used by gunicorn, the Celery worker (per
+request and in cores), the PostgreSQL backends of ``bench_http`` and wrk, plus what
+everything else on the machine used. At the end it checks that every user created
+(every 201) is in the read model. Results go to ``bench/results/http.json``
+(gitignored), the chart to ``docs/img/http.png``.
 """
 
-# This file is bench/http.py, and bench/ is sys.path[0] for every script in it, so it
-# shadows the standard library's ``http`` package: ``from http import cookies`` (Django)
-# in bench/append.py or bench/rebuild.py would import this file. Imported under that
-# name, it puts the real package in its place (the import system returns what
-# sys.modules holds); run as a script, it takes its folder off sys.path first.
+import argparse
+import contextlib
+import http.client
+import json
 import os
+import platform
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if __name__ == "http":
-    import importlib.machinery
-    import importlib.util
-
-    _path = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-    _spec = importlib.machinery.PathFinder.find_spec("http", _path)
-    _real = importlib.util.module_from_spec(_spec)
-    sys.modules["http"] = _real
-    _spec.loader.exec_module(_real)
-else:
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import http.client  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-ROOT = Path(_HERE).parent
+ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
 REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
 DB = "bench_http"
@@ -366,21 +351,66 @@ def read_model_check(timeout: float = 120.0) -> dict[str, Any]:
             time.sleep(0.5)
 
 
-def quiesce(timeout: float) -> float:
-    """Wait until the Celery worker has nothing left to do (queue empty, no saga open)."""
+_BACKLOG_SQL = """
+    SELECT (SELECT count(*) FROM checkpoints),
+           (SELECT count(*) FROM checkpoints c WHERE EXISTS (
+                SELECT 1 FROM events e WHERE (e.transaction_id, e.position)
+                                             > (c.cursor_transaction_id, c.cursor_position))),
+           (SELECT count(*) FROM sagas_instance WHERE status IN ('started', 'waiting'))
+"""
+
+
+def _broker_backlog(broker) -> int:
+    """Tasks queued (any queue: kombu keeps each in a list) or delivered but not acked."""
+    queued = sum(broker.llen(key) for key in broker.scan_iter(_type="list"))
+    return queued + broker.hlen("unacked")
+
+
+def wait_until_idle(meter: CpuMeter, timeout: float) -> dict[str, Any]:
+    """Wait until the worker has nothing left to do and uses no CPU, and say what it cost.
+
+    Idle: every subscriber's checkpoint at the head of the feed (what projection_status
+    calls lag 0), no welcome saga open, no task queued or unacked, and the worker under
+    5% of a core over one second, twice in a row.
+    """
     import redis
 
     broker = redis.Redis.from_url(f"{REDIS_BASE}/{REDIS_DB}")
-    started = time.monotonic()
+    started = meter.mark()
+    quiet = 0
+    state: dict[str, Any] = {}
     with _connect() as conn:
-        while time.monotonic() - started < timeout:
-            open_sagas = conn.execute(
-                "SELECT count(*) FROM sagas_instance WHERE status IN ('started', 'waiting')"
-            ).fetchone()[0]
-            if open_sagas == 0 and broker.llen("celery") == 0:
+        while time.monotonic() - started["t"] < timeout:
+            before = meter.mark()
+            time.sleep(1.0)
+            second = meter.since(before)
+            worker_cores = second["celery"] / second["wall"]
+            checkpoints, lagging, open_sagas = conn.execute(_BACKLOG_SQL).fetchone()
+            state = {
+                "checkpoints": checkpoints,
+                "subscribers_behind": lagging,
+                "open_sagas": open_sagas,
+                "broker_tasks": _broker_backlog(broker),
+                "worker_cores": round(worker_cores, 3),
+            }
+            idle = (
+                checkpoints > 0
+                and lagging == 0
+                and open_sagas == 0
+                and state["broker_tasks"] == 0
+                and worker_cores < 0.05
+            )
+            quiet = quiet + 1 if idle else 0
+            if quiet >= 2:
                 break
-            time.sleep(0.5)
-    return round(time.monotonic() - started, 1)
+    used = meter.since(started)
+    return {
+        "waited_s": round(used["wall"], 1),
+        "idle": quiet >= 2,
+        "worker_cpu_s": round(used["celery"], 2),
+        "postgres_cpu_s": round(used["postgres"], 2),
+        "last_check": state,
+    }
 
 
 # --- wrk ---------------------------------------------------------------------------------------
@@ -417,6 +447,83 @@ def run_wrk(
     }
 
 
+def measure(
+    meter: CpuMeter, endpoint: str, args, scripts: dict[str, Path], extra: list[str]
+) -> dict[str, Any]:
+    """One wrk phase, with the CPU each part of the service used during it."""
+    load = os.getloadavg()[0]
+    mark = meter.mark()
+    result = run_wrk(endpoint, args.seconds, args, scripts, extra)
+    cpu = meter.since(mark)
+    result.update(
+        loadavg_1m=round(load, 2),
+        cpu_ms_per_request={
+            k: round(v * 1000 / max(1, result["requests"]), 3)
+            for k, v in cpu.items()
+            if k not in ("wall", "other")
+        },
+        cores={k: round(v / cpu["wall"], 2) for k, v in cpu.items() if k != "wall"},
+        other_load_cores=round(cpu["other"] / cpu["wall"], 2),
+    )
+    return result
+
+
+def report(result: dict[str, Any]) -> None:
+    latency = result["latency_ms"]
+    line = (
+        f"  round {result['round']} {result['endpoint']:6} {result['requests_per_s']:8.0f} req/s; "
+        f"p50 {latency['p50']} p99 {latency['p99']} max {latency['max']} ms; statuses "
+        f"{result['statuses']}; socket errors {result['socket_errors']}; CPU ms/req "
+        f"{result['cpu_ms_per_request']}; worker {result['cores']['celery']} cores; other load "
+        f"{result['other_load_cores']} cores"
+    )
+    if "drain_after" in result:
+        drain = result["drain_after"]
+        line += (
+            f"; then the worker drained for {drain['waited_s']} s using {drain['worker_cpu_s']} "
+            f"CPU s (idle: {drain['idle']})"
+        )
+    print(line, flush=True)
+
+
+def profile_phases(
+    meter: CpuMeter, args, scripts: dict[str, Path], extra: dict[str, list[str]]
+) -> dict[str, list[str]]:
+    """Run get and post once more under py-spy; write folded stacks per process."""
+    spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
+    if not Path(spy).exists():
+        print("py-spy is missing (uv pip install py-spy): no profiles", flush=True)
+        return {}
+    out_dir = args.out.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, list[str]] = {}
+    for endpoint in ("get", "post"):
+        wait_until_idle(meter, args.drain)
+        master = _pidfile("gunicorn.pid")
+        worker = _pidfile("celery-worker.pid")
+        targets = {f"gunicorn-{pid}": pid for pid in _tree(master)[1:]} if master else {}
+        if worker:
+            targets["celery"] = worker
+        spies = []
+        for name, pid in targets.items():
+            path = out_dir / f"http-profile-{endpoint}-{name}.txt"
+            cmd = [
+                spy, "record", "--pid", str(pid), "--rate", "250", "--subprocesses",
+                "--duration", str(args.seconds), "--format", "raw", "--nonblocking",
+                "--output", str(path),
+            ]  # fmt: skip
+            spies.append(
+                (path, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            )
+        result = measure(meter, endpoint, args, scripts, extra[endpoint])
+        result["round"] = "profiled"
+        report(result)
+        for path, process in spies:
+            process.wait(timeout=60)
+            written.setdefault(endpoint, []).append(str(path))
+    return written
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="per endpoint per round")
@@ -424,16 +531,20 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--drain", type=float, default=120.0,
-        help="before each GET and health run, wait at most this long for the worker to be idle",
+        "--drain", type=float, default=180.0,
+        help="after seeding and after each POST phase, wait at most this long for the worker "
+        "to be idle",
     )  # fmt: skip
-    parser.add_argument("--no-drain", action="store_true", help="do not wait for the worker")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="after the measured rounds, one more get and post phase each under py-spy "
+        "(gunicorn workers and the Celery worker; folded stacks in bench/results/)",
+    )  # fmt: skip
     parser.add_argument(
         "--throttle-rate",
         default="100000000/minute",
-        help="THROTTLE_USER_RATE of the service. DRF's throttle keeps one timestamp per request "
-        "of the window: with /minute at hundreds of requests/s that list is tens of "
-        "thousands long and read and written on every request; /second keeps it short",
+        help="THROTTLE_USER_RATE of the service, high so that the bench measures the service "
+        "rather than the limit (the throttle is still checked on every request)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "http.json")
     parser.add_argument("--chart", type=Path, default=ROOT / "docs" / "img" / "http.png")
@@ -470,45 +581,33 @@ def main() -> None:
             "post": [nonce, token],
         }
         meter = CpuMeter()
+        idle = wait_until_idle(meter, args.drain)
+        print(f"after seeding: {idle}", flush=True)
         for endpoint in ENDPOINTS:  # warm-up: every worker process, every code path
             run_wrk(endpoint, 3, args, scripts, extra[endpoint])
+        idle = wait_until_idle(meter, args.drain)
+        print(f"after the warm-up: {idle}", flush=True)
         for round_no in range(args.rounds):
-            order = ENDPOINTS[round_no % 3 :] + ENDPOINTS[: round_no % 3]
+            # health and get alternate; post comes last, then the worker drains what it
+            # started, so that health and get always run with the worker idle.
+            order = ("health", "get", "post") if round_no % 2 == 0 else ("get", "health", "post")
             for endpoint in order:
-                # A POST run leaves welcome sagas behind: let the worker finish them, so
-                # that it does not compete with the GET and health runs for the 2 cores.
-                drained = 0.0 if args.no_drain or endpoint == "post" else quiesce(args.drain)
-                load = os.getloadavg()[0]
-                mark = meter.mark()
-                result = run_wrk(endpoint, args.seconds, args, scripts, extra[endpoint])
-                cpu = meter.since(mark)
-                result.update(
-                    round=round_no,
-                    drained_before_s=drained,
-                    loadavg_1m=round(load, 2),
-                    cpu_ms_per_request={
-                        k: round(v * 1000 / max(1, result["requests"]), 3)
-                        for k, v in cpu.items()
-                        if k not in ("wall", "other")
-                    },
-                    other_load_cores=round(cpu["other"] / cpu["wall"], 2),
-                )
+                result = measure(meter, endpoint, args, scripts, extra[endpoint])
+                result["round"] = round_no
+                if endpoint == "post":
+                    result["drain_after"] = wait_until_idle(meter, args.drain)
                 runs.append(result)
-                print(
-                    f"  round {round_no} {endpoint:6} {result['requests_per_s']:8.0f} req/s; p50 "
-                    f"{result['latency_ms']['p50']} p99 {result['latency_ms']['p99']} max "
-                    f"{result['latency_ms']['max']} ms; statuses {result['statuses']}; socket "
-                    f"errors {result['socket_errors']}; CPU ms/req {result['cpu_ms_per_request']}; "
-                    f"other load {result['other_load_cores']} cores",
-                    flush=True,
-                )
+                report(result)
+        if args.profile:
+            profiles = profile_phases(meter, args, scripts, extra)
+            print(f"profiles: {profiles}", flush=True)
         check = read_model_check()
         print(f"read model after the POST rounds: {check}", flush=True)
     finally:
         with contextlib.suppress(Exception):
             run_script("down.sh", env, log)
     posted_ok = sum(r["ok"] for r in runs if r["endpoint"] == "post")
-    warmup_posts = check["user_created_events"] - SEED_USERS - posted_ok
+    unmeasured_posts = check["user_created_events"] - SEED_USERS - posted_ok
     emails = sum(
         1
         for path in mail_dir.glob("*")
@@ -520,7 +619,7 @@ def main() -> None:
         **check,
         "seeded": SEED_USERS,
         "created_by_measured_posts": posted_ok,
-        "created_by_warmup_posts": warmup_posts,
+        "created_by_warmup_and_profiled_posts": unmeasured_posts,
         "welcome_emails": emails,
     }
     summary["targets"] = targets(summary, check)
@@ -532,10 +631,14 @@ def main() -> None:
         "git_commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip(),
+        # The checkout is copied as it is, uncommitted changes included: say which.
+        "git_status": subprocess.run(
+            ["git", "status", "--short"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.splitlines(),
         "service_log_tail": log.read_text(errors="replace")[-3000:],
     }
     result = {
-        "benchmark": "bench/http.py",
+        "benchmark": "bench/http_bench.py",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),
         "settings": {
@@ -560,8 +663,15 @@ def main() -> None:
         print(
             f"  {endpoint:6} {row['requests_per_s']:8.0f} req/s ({row['share_of_health']} of "
             f"health, paired {row['paired_share_of_health']}); p50 {row['p50_ms']} p99 "
-            f"{row['p99_ms']} ms; failed {row['failed']}"
+            f"{row['p99_ms']} ms; failed {row['failed']}; CPU ms/req {row['cpu_ms_per_request']}; "
+            f"worker cores by round {row['worker_cores']}"
         )
+        if "worker_cpu_ms_per_request_incl_drain" in row:
+            print(
+                f"         worker CPU per request including the drain after the phase: "
+                f"{row['worker_cpu_ms_per_request_incl_drain']} ms "
+                f"(drains {row['drain_after_s']} s)"
+            )
     print(f"  read model: {summary['read_model']}")
     for t in summary["targets"]:
         print(f"  [{'met ' if t['met'] else 'MISS'}] {t['name']}: {t['value']}")
@@ -590,8 +700,21 @@ def summarize(runs: list[dict]) -> dict[str, Any]:
                 part: round(statistics.median(r["cpu_ms_per_request"][part] for r in mine), 3)
                 for part in cpu_parts
             },
+            "worker_cores": [r["cores"]["celery"] for r in mine],
             "other_load_cores": [r["other_load_cores"] for r in mine],
         }
+        drains = [r["drain_after"] for r in mine if "drain_after" in r]
+        if drains:
+            # What the phase left for the worker: its CPU during the phase plus the drain.
+            by[endpoint]["drain_after_s"] = [d["waited_s"] for d in drains]
+            by[endpoint]["worker_cpu_ms_per_request_incl_drain"] = round(
+                statistics.median(
+                    (r["cpu_ms_per_request"]["celery"] * r["requests"] + d["worker_cpu_s"] * 1000)
+                    / max(1, r["requests"])
+                    for r, d in zip(mine, drains, strict=True)
+                ),
+                3,
+            )
     health = by["health"]["requests_per_s"]
     for endpoint in ENDPOINTS:
         row = by[endpoint]

@@ -1,0 +1,217 @@
+"""What a request costs, and the bounds its shortcuts keep.
+
+GET /v1/users/{id} runs one query once the token is known; a token a process has checked
+is trusted for API_TOKEN_CACHE_SECONDS at most (revocation in that process is immediate);
+the rate limit is one Redis INCR per request, with DRF's 429 and Retry-After.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from redis.connection import AbstractConnection
+from rest_framework.renderers import JSONRenderer
+from rest_framework.test import APIClient
+from rest_framework.throttling import UserRateThrottle
+
+from config.throttling import redis_client
+from tests.e2e.helpers import assert_problem, new_user, project
+from users import authentication
+from users.authentication import forget_checked_tokens, issue_token
+from users.models import ApiToken, UserRecord
+from users.serializers import UserSerializer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def token_client(user: Any) -> tuple[ApiToken, APIClient]:
+    record, token = issue_token(user, "request-path")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return record, client
+
+
+def elsewhere(sql: str, params: list[Any]) -> None:
+    """Change a row the way another process would: no signal reaches this one."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+class TestUserDetail:
+    def test_one_query_once_the_token_is_known(self, api) -> None:
+        user_id = new_user(api)["id"]
+        project()
+        assert api.get(f"/v1/users/{user_id}").status_code == 200  # checks the token
+        with CaptureQueriesContext(connection) as queries:
+            assert api.get(f"/v1/users/{user_id}").status_code == 200
+        assert len(queries) == 1, [q["sql"] for q in queries]
+        assert 'FROM "users_user"' in queries[0]["sql"]
+
+    def test_a_token_not_yet_known_costs_one_more_query(self, api) -> None:
+        user_id = new_user(api)["id"]
+        project()
+        forget_checked_tokens()
+        with CaptureQueriesContext(connection) as queries:
+            assert api.get(f"/v1/users/{user_id}").status_code == 200
+        # The token with its user (one join), then the row; last_used_at is fresh.
+        assert len(queries) == 2, [q["sql"] for q in queries]
+
+    def test_the_body_is_what_the_serializer_documents(self, api) -> None:
+        user_id = new_user(api, first_name="Ünïcode", last_name="O'Brien")["id"]
+        project()
+        # Exercise every kind of value: a welcome time with microseconds, not only null.
+        UserRecord.objects.filter(id=user_id).update(
+            welcomed_at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+        )
+        response = api.get(f"/v1/users/{user_id}")
+        documented = UserSerializer(UserRecord.objects.get(id=user_id)).data
+        assert response.content == JSONRenderer().render(documented)
+        assert list(response.json()) == list(documented)
+        assert response.json()["welcomed_at"] == "2026-01-02T03:04:05.678901Z"
+        assert response["ETag"] == f'"{documented["version"]}"'
+
+    def test_unknown_user_and_wait_for_still_validated(self, api) -> None:
+        missing = "00000000-0000-0000-0000-000000000001"
+        assert_problem(api.get(f"/v1/users/{missing}"), 404)
+        body = assert_problem(api.get(f"/v1/users/{missing}?wait_for=0"), 400)
+        assert "wait_for" in body["errors"]
+        assert_problem(api.get(f"/v1/users/{missing}?bogus=1"), 400)
+
+
+class TestTokenRevocation:
+    def test_deleted_here_stops_at_once(self, client_user) -> None:
+        _, client = token_client(client_user)
+        assert client.get("/v1/users").status_code == 200
+        ApiToken.objects.filter(user=client_user).delete()  # signals, even in bulk
+        assert_problem(client.get("/v1/users"), 401)
+
+    def test_deleted_elsewhere_stops_within_the_cache_time(self, client_user, settings) -> None:
+        settings.API_TOKEN_CACHE_SECONDS = 0.5
+        record, client = token_client(client_user)
+        assert client.get("/v1/users").status_code == 200
+        elsewhere("DELETE FROM users_api_token WHERE id = %s", [record.pk])
+        started = time.monotonic()
+        # Within the bound this process may still trust it (that is the documented cost)...
+        while client.get("/v1/users").status_code == 200:
+            assert time.monotonic() - started < 0.5 + 1.0, "trusted past the bound"
+            time.sleep(0.05)
+        # ...and after it, never.
+        assert_problem(client.get("/v1/users"), 401)
+
+    def test_user_deactivated_elsewhere_stops_within_the_cache_time(
+        self, client_user, settings
+    ) -> None:
+        settings.API_TOKEN_CACHE_SECONDS = 0.5
+        _, client = token_client(client_user)
+        assert client.get("/v1/users").status_code == 200
+        elsewhere("UPDATE auth_user SET is_active = false WHERE id = %s", [client_user.pk])
+        time.sleep(0.6)
+        assert_problem(client.get("/v1/users"), 401)
+
+    def test_no_cache_when_the_time_is_zero(self, client_user, settings) -> None:
+        settings.API_TOKEN_CACHE_SECONDS = 0
+        record, client = token_client(client_user)
+        assert client.get("/v1/users").status_code == 200
+        elsewhere("DELETE FROM users_api_token WHERE id = %s", [record.pk])
+        assert_problem(client.get("/v1/users"), 401)
+
+    def test_recording_last_use_notices_a_deletion_elsewhere(
+        self, client_user, monkeypatch
+    ) -> None:
+        monkeypatch.setattr(authentication, "_LAST_USED_RESOLUTION", timedelta(0))
+        record, client = token_client(client_user)
+        assert client.get("/v1/users").status_code == 200
+        record.refresh_from_db()
+        assert record.last_used_at is not None
+        elsewhere("DELETE FROM users_api_token WHERE id = %s", [record.pk])
+        assert_problem(client.get("/v1/users"), 401)
+
+    def test_staff_rights_come_from_the_cached_user(self, transactional_db) -> None:
+        users = get_user_model().objects
+        _, plain = token_client(users.create_user(username="p", password="p-pass-1234"))
+        _, staff = token_client(
+            users.create_user(username="s", password="s-pass-1234", is_staff=True)
+        )
+        for _ in range(2):  # the second time from the cache
+            assert plain.get("/v1/events").status_code == 403
+            assert staff.get("/v1/events").status_code == 200
+
+
+class TestThrottle:
+    @pytest.fixture
+    def rate(self, monkeypatch) -> Any:
+        """Set the limit: ``rate(2, 3)`` allows 2 requests per 3-second window."""
+
+        def set_rate(requests: int, seconds: int) -> None:
+            monkeypatch.setattr(UserRateThrottle, "parse_rate", lambda self, _: (requests, seconds))
+
+        return set_rate
+
+    def test_one_redis_round_trip_per_request(self, api, monkeypatch) -> None:
+        assert api.get("/v1/users").status_code == 200  # the window's first request
+        sent: list[bytes] = []
+        original = AbstractConnection.send_packed_command
+
+        def counting(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+            sent.append(command)
+            return original(self, command, check_health)
+
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+        assert api.get("/v1/users").status_code == 200
+        assert len(sent) == 1, sent
+        packed = sent[0] if isinstance(sent[0], bytes) else b"".join(map(bytes, sent[0]))
+        assert b"INCR" in packed
+
+    def test_429_with_retry_after_then_a_new_window(self, api, rate) -> None:
+        rate(2, 3)
+        started = time.monotonic()
+        assert [api.get("/v1/users").status_code for _ in range(3)] == [200, 200, 429]
+        response = api.get("/v1/users")
+        assert_problem(response, 429)
+        assert 0 < int(response["Retry-After"]) <= 3
+        time.sleep(max(0.0, 3.1 - (time.monotonic() - started)))
+        assert api.get("/v1/users").status_code == 200
+
+    def test_refused_requests_do_not_stretch_the_window(self, api, rate) -> None:
+        rate(1, 2)
+        started = time.monotonic()
+        assert api.get("/v1/users").status_code == 200
+        while api.get("/v1/users").status_code == 429:
+            assert time.monotonic() - started < 2 + 1.0, "refusals moved the window's end"
+            time.sleep(0.05)
+
+    def test_per_client(self, api, client_user, rate) -> None:
+        rate(2, 60)
+        other = get_user_model().objects.create_user(username="other", password="o-pass-1234")
+        _, other_client = token_client(other)
+        assert [api.get("/v1/users").status_code for _ in range(3)] == [200, 200, 429]
+        assert other_client.get("/v1/users").status_code == 200
+        retry_after = int(api.get("/v1/users")["Retry-After"])
+        assert 0 < retry_after <= 60
+
+    def test_a_counter_left_without_expiry_heals(self, api, client_user, rate) -> None:
+        rate(5, 60)
+        key = cache.make_and_validate_key(f"throttle_window_user_{client_user.pk}")
+        client = redis_client(cache)
+        client.set(key, 100)  # as if a process died between INCR and PEXPIRE
+        response = api.get("/v1/users")
+        assert_problem(response, 429)
+        assert 0 < int(response["Retry-After"]) <= 60
+        assert 0 < client.pttl(key) <= 60_000
+
+    def test_the_counter_is_an_integer_with_an_expiry(self, api, client_user) -> None:
+        api.get("/v1/users")
+        api.get("/v1/users")
+        key = cache.make_and_validate_key(f"throttle_window_user_{client_user.pk}")
+        client = redis_client(cache)
+        assert int(client.get(key)) == 2
+        assert 0 < client.pttl(key) <= 60_000
+        # Nothing of DRF's timestamp list is written any more.
+        assert not client.exists(cache.make_and_validate_key(f"throttle_user_{client_user.pk}"))
