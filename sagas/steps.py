@@ -196,7 +196,28 @@ def due_instances(steps: dict[str, Step], limit: int = 500) -> list[int]:
     )
 
 
-def run_due(steps: dict[str, Step], *, time_budget: float = 30.0, page: int = 200) -> int:
+# A runner hands its worker process back this often, so that subscriber wake-ups queued
+# meanwhile run between its turns instead of waiting for a long backlog of steps.
+RUNNER_TIME_BUDGET_SECONDS = 0.5
+
+
+@contextlib.contextmanager
+def runner_lock() -> Iterator[bool]:
+    """One runner at a time: two would only contend for the same instances' locks."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(hashtextextended('saga-runner', 0))")
+        locked = cursor.fetchone()[0]
+    try:
+        yield locked
+    finally:
+        if locked:
+            with contextlib.suppress(Exception), connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(hashtextextended('saga-runner', 0))")
+
+
+def run_due(
+    steps: dict[str, Step], *, time_budget: float = RUNNER_TIME_BUDGET_SECONDS, page: int = 200
+) -> int:
     """Run every due step (each instance's next ones too, once due); returns instances run.
 
     An instance is taken up once per call, so one that stays due (busy elsewhere) cannot

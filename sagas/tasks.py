@@ -1,6 +1,9 @@
 """Celery tasks of the sagas: thin shells around :mod:`sagas.welcome`."""
 
+from datetime import timedelta
+
 from celery import shared_task
+from django.utils import timezone
 
 from eventstore import wakeups
 from sagas import steps, welcome
@@ -10,7 +13,13 @@ from sagas import steps, welcome
 def run_due_saga_steps() -> int:
     """Run every due step; at most one is queued to run now (see steps.wake_runner)."""
     wakeups.clear(steps.RUNNER_NOW_KEY)
-    return welcome.run_due()
+    with steps.runner_lock() as mine:
+        if mine:
+            return welcome.run_due()
+    # Another runner is at work; it may have looked for due steps just before ours
+    # became due, so look again shortly rather than leave them to the sweep.
+    steps.wake_runner(timezone.now() + timedelta(seconds=steps.RUNNER_TIME_BUDGET_SECONDS))
+    return 0
 
 
 @shared_task(name="sagas.tasks.run_saga_step", acks_late=True, ignore_result=True)
