@@ -243,3 +243,27 @@ class TestReplay:
         with connection.cursor() as cursor:
             cursor.execute("SELECT to_regnamespace(%s)", [replay.scratch_schema(tally)])
             assert cursor.fetchone()[0] is None
+
+
+def test_batches_commit_asynchronously_unless_the_subscriber_asks(tally, monkeypatch) -> None:
+    """A batch and its checkpoint may skip the WAL flush (a crash redoes both); a
+    subscriber with outside effects keeps durable commits."""
+    seen: list[str] = []
+    original = type(tally).handle_batch
+
+    def spy(self, events) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            seen.append(cursor.fetchone()[0])
+        original(self, events)
+
+    monkeypatch.setattr(type(tally), "handle_batch", spy)
+    write(1, 2)
+    subscriptions.catch_up(tally)
+    monkeypatch.setattr(type(tally), "synchronous_commit", True)
+    write(1, 2)
+    subscriptions.catch_up(tally)
+    assert seen == ["off", "on"]
+    with connection.cursor() as cursor:  # SET LOCAL: gone with the batch's transaction
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
