@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -353,20 +354,37 @@ _COLUMNS = (
     "schema_version, data::text, metadata::text, recorded_at"
 )
 _metadata_decoder = msgspec.json.Decoder(dict[str, Any])
+_TIMESTAMPTZ = psycopg.adapters.types["timestamptz"].oid
+_TIMESTAMPTZ_LOADER = psycopg.adapters.get_loader(_TIMESTAMPTZ, psycopg.pq.Format.TEXT)
+
+
+@contextmanager
+def _events_cursor(using: str) -> Iterator[Any]:
+    """Django's cursor, reading ``recorded_at`` with psycopg's own (C) timestamp loader.
+
+    Django's loader parses timestamps in Python (about 5 µs each, a tenth of a rebuild's
+    time per event) only to attach its time zone; with ``USE_TZ`` it has set the
+    session's time zone to that same zone, in which psycopg's loader returns them.
+    """
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        if connection.timezone is not None:  # None: USE_TZ is off, keep Django's naive ones
+            cursor.cursor.adapters.register_loader(_TIMESTAMPTZ, _TIMESTAMPTZ_LOADER)
+        yield cursor
 
 
 def _decode(row: Sequence[Any]) -> RecordedEvent:
     position, xid, stream_id, version, event_id, event_type, schema_version, data, meta, at = row
-    return RecordedEvent(
-        position=position,
-        cursor=Cursor(int(xid), position),
-        stream_id=stream_id,
-        version=version,
-        event_id=event_id,
-        event_type=event_type,
-        data=registry.decode(event_type, schema_version, data),
-        metadata=_metadata_decoder.decode(meta),
-        recorded_at=at,
+    return RecordedEvent(  # positional: keywords cost a frozen dataclass more, per event
+        position,
+        Cursor(int(xid), position),
+        stream_id,
+        version,
+        event_id,
+        event_type,
+        registry.decode(event_type, schema_version, data),
+        _metadata_decoder.decode(meta),
+        at,
     )
 
 
@@ -399,7 +417,7 @@ def read_stream(
     if limit is not None:
         sql += " LIMIT %s"
         params.append(limit)
-    with connections[using].cursor() as cursor:
+    with _events_cursor(using) as cursor:
         cursor.execute(sql, params)
         return [_decode(row) for row in cursor.fetchall()]
 
@@ -467,7 +485,7 @@ def read_all(
         params["event_types"] = list(event_types)
     params["limit"] = limit = max(1, int(limit))
     sql = _FEED_SQL.replace("{filters}", " ".join(filters))
-    with connections[using].cursor() as cursor:
+    with _events_cursor(using) as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     horizon = Cursor(int(rows[0][0]), 0)
