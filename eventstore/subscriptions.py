@@ -370,21 +370,30 @@ def retry_now(name: str, using: str = "default") -> bool:
 
 
 def has_processed(name: str, position: int, using: str = "default") -> bool:
-    """Whether subscriber ``name`` is past the event at global ``position``."""
+    """Whether subscriber ``name`` is past the event at global ``position``.
+
+    Raises LookupError when no event has that position: waiting for it would be in vain
+    (positions are handed out only to committed events, or skipped for good).
+    """
     with connections[using].cursor() as cursor:
         cursor.execute(
             "SELECT (c.cursor_transaction_id, c.cursor_position) >= (e.transaction_id, e.position) "
-            "FROM checkpoints c, events e WHERE c.name = %s AND e.position = %s",
+            "FROM events e LEFT JOIN checkpoints c ON c.name = %s WHERE e.position = %s",
             [name, position],
         )
         row = cursor.fetchone()
-    return bool(row and row[0])
+    if row is None:
+        raise LookupError(f"no event has position {position}")
+    return bool(row[0])
 
 
 def wait_until_processed(
     name: str, position: int, *, timeout: float = 2.0, using: str = "default"
 ) -> bool:
-    """Read-your-writes: wait (bounded) until ``name`` has processed ``position``."""
+    """Read-your-writes: wait (bounded) until ``name`` has processed ``position``.
+
+    Raises LookupError at once for a position no event has.
+    """
     deadline = time.monotonic() + timeout
     delay = 0.005
     while True:

@@ -133,9 +133,14 @@ def _wait_for_read_model(request: Request, position: int | None) -> dict[str, st
     """Read-your-writes: wait (bounded) for the users projection to reach ``position``."""
     if position is None:
         return {}
-    caught_up = subscriptions.wait_until_processed(
-        UserListProjection.name, position, timeout=settings.READ_YOUR_WRITES_TIMEOUT_SECONDS
-    )
+    try:
+        caught_up = subscriptions.wait_until_processed(
+            UserListProjection.name, position, timeout=settings.READ_YOUR_WRITES_TIMEOUT_SECONDS
+        )
+    except LookupError:
+        raise ValidationError(
+            {"wait_for": [f"No event has position {position}: pass the position a write returned."]}
+        ) from None
     return {"Read-Model-Caught-Up": "true" if caught_up else "false"}
 
 
