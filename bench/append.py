@@ -53,7 +53,6 @@ import multiprocessing as mp
 import os
 import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -68,6 +67,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402  (bench/common.py, next to this script)
 
 PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
 OURS_DB = "bench"
@@ -105,16 +106,7 @@ NOTE = "a short free-text note, about forty chars"
 
 
 def _pg_params(dbname: str) -> dict[str, Any]:
-    from urllib.parse import urlparse
-
-    url = urlparse(PG_URL)
-    return {
-        "host": url.hostname or "127.0.0.1",
-        "port": url.port or 5432,
-        "user": url.username or "postgres",
-        "password": url.password or "",
-        "dbname": dbname,
-    }
+    return common.pg_params(PG_URL, dbname)
 
 
 # --- our side: a tiny aggregate and event, defined in each process after setup ----------
@@ -334,16 +326,7 @@ WRITER_FACTORIES = {
 }
 
 
-def _cpu_seconds(pid: int | None = None) -> float | None:
-    """CPU time (user + system) of this process, or of another local one (its backend)."""
-    if pid is None:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:  # PostgreSQL not on this machine, or not readable
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+_cpu_seconds = common.cpu_seconds
 
 
 def _writer_process(system, idx, batch, args, barrier, queue) -> None:

@@ -46,7 +46,6 @@ import os
 import platform
 import queue as queue_module
 import random
-import resource
 import shutil
 import signal
 import statistics
@@ -62,6 +61,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402  (bench/common.py, next to this script)
 
 PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
 REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
@@ -81,16 +82,7 @@ DRAIN_TIMEOUT = 15.0  # seconds to wait, after the load, for the last appends to
 
 
 def _pg_params(dbname: str = DB) -> dict[str, Any]:
-    from urllib.parse import urlparse
-
-    url = urlparse(PG_URL)
-    return {
-        "host": url.hostname or "127.0.0.1",
-        "port": url.port or 5432,
-        "user": url.username or "postgres",
-        "password": url.password or "",
-        "dbname": dbname,
-    }
+    return common.pg_params(PG_URL, dbname)
 
 
 def _connect(dbname: str = DB, **kwargs: Any):
@@ -99,36 +91,13 @@ def _connect(dbname: str = DB, **kwargs: Any):
     return psycopg.connect(**_pg_params(dbname), **kwargs)
 
 
-def _cpu_seconds(pid: int | None = None) -> float | None:
-    if pid is None:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+_cpu_seconds = common.cpu_seconds
 
 
-def _children_of(pid: int) -> list[int]:
-    """``pid`` and its descendants (the Celery pool processes)."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        out.append(current)
-        todo += parents.get(current, [])
-    return out
+_children_of = common.process_tree
 
 
-def _machine_busy() -> float:
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+_machine_busy = common.machine_busy
 
 
 def _percentile(values: list[float], q: float) -> float | None:

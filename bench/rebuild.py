@@ -71,6 +71,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import common  # noqa: E402  (bench/common.py, next to this script)
+
 PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
 DB = "bench_rebuild"
 PEER_SCHEMA = "peer"
@@ -106,16 +108,7 @@ FULL_RUN_LIMIT = 900.0  # seconds: a safety net for the systems that run to the 
 
 
 def _pg_params(dbname: str = DB) -> dict[str, Any]:
-    from urllib.parse import urlparse
-
-    url = urlparse(PG_URL)
-    return {
-        "host": url.hostname or "127.0.0.1",
-        "port": url.port or 5432,
-        "user": url.username or "postgres",
-        "password": url.password or "",
-        "dbname": dbname,
-    }
+    return common.pg_params(PG_URL, dbname)
 
 
 def _connect(dbname: str = DB, **kwargs: Any):
@@ -136,23 +129,10 @@ def _admin_sql(*statements: str) -> list:
 # --- the machine: CPU used by everything else while we measure -----------------------------
 
 
-def _cpu_seconds(pid: int | None = None) -> float | None:
-    """CPU time (user + system) of this process, or of another local one (a backend)."""
-    if pid is None:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+_cpu_seconds = common.cpu_seconds
 
 
-def _machine_busy() -> float:
-    """Seconds of CPU the whole machine has been busy (all cores), from /proc/stat."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+_machine_busy = common.machine_busy
 
 
 def _rss_kb() -> int:

@@ -52,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+import common  # noqa: E402  (bench/common.py, next to this script)
+
 PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
 REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
 DB = "bench_welcome"
@@ -62,16 +64,7 @@ CPUS = os.cpu_count() or 1
 
 
 def _pg_params(dbname: str) -> dict[str, Any]:
-    from urllib.parse import urlparse
-
-    url = urlparse(PG_URL)
-    return {
-        "host": url.hostname or "127.0.0.1",
-        "port": url.port or 5432,
-        "user": url.username or "postgres",
-        "password": url.password or "",
-        "dbname": dbname,
-    }
+    return common.pg_params(PG_URL, dbname)
 
 
 def _connect(dbname: str = DB):
@@ -80,32 +73,13 @@ def _connect(dbname: str = DB):
     return psycopg.connect(**_pg_params(dbname), autocommit=True)
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+_cpu_seconds = common.cpu_seconds
 
 
-def _machine_busy() -> float:
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+_machine_busy = common.machine_busy
 
 
-def _tree(pid: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        out.append(current)
-        todo += parents.get(current, [])
-    return out
+_tree = common.process_tree
 
 
 def _pidfile(name: str) -> int | None:
