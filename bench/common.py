@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -54,3 +56,47 @@ def process_tree(pid: int) -> list[int]:
         out.append(current)
         todo += parents.get(current, [])
     return out
+
+
+# --- a copy of the service, for the scripts that run it whole (http_bench, welcome, soak) ---
+
+
+def copy_checkout(root: Path, target: Path) -> None:
+    """Copy the checkout as it is (tracked and untracked files, and .venv) to ``target``.
+
+    The service runs from the copy, so editing the checkout meanwhile cannot change it.
+    """
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root, capture_output=True, check=True,
+    ).stdout.split(b"\0")  # fmt: skip
+    for name in filter(None, files):
+        source = root / os.fsdecode(name)
+        if source.is_file():
+            dest = target / os.fsdecode(name)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest)
+    subprocess.run(["cp", "-a", str(root / ".venv"), str(target / ".venv")], check=True)
+
+
+def run_script(service: Path, name: str, env: dict[str, str], log: Path) -> None:
+    """Run ``scripts/<name>`` of the copy, appending its output to ``log``."""
+    with open(log, "a") as out:
+        out.write(f"\n$ scripts/{name}\n")
+        out.flush()
+        subprocess.run(
+            [str(service / "scripts" / name)], cwd=service, env=env, stdout=out,
+            stderr=subprocess.STDOUT, check=True, timeout=300,
+        )  # fmt: skip
+
+
+def create_token(service: Path, env: dict[str, str]) -> str:
+    """A bearer token for user ``bench`` (created if missing) on the copy's database."""
+    out = subprocess.run(
+        [str(service / ".venv" / "bin" / "python"), "manage.py", "create_api_token", "bench",
+         "--create-user"],
+        cwd=service, env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return out.strip().splitlines()[-1]

@@ -34,7 +34,6 @@ import argparse
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -43,24 +42,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+import common  # noqa: E402  (bench/common.py, next to this script)
+
 PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432")
 REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 
 
 def copy_checkout(target: Path) -> None:
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, check=True,
-    ).stdout.split(b"\0")  # fmt: skip
-    for name in filter(None, files):
-        source = ROOT / os.fsdecode(name)
-        if source.is_file():
-            dest = target / os.fsdecode(name)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest)
-    subprocess.run(["cp", "-a", str(ROOT / ".venv"), str(target / ".venv")], check=True)
+    common.copy_checkout(ROOT, target)
 
 
 def prepare_servers(db: str, redis_db: int) -> None:

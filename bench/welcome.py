@@ -129,19 +129,7 @@ def _service_env(mail_dir: Path) -> dict[str, str]:
 
 
 def copy_checkout(worker_concurrency: int | None = None) -> None:
-    shutil.rmtree(SERVICE_DIR, ignore_errors=True)
-    SERVICE_DIR.mkdir(parents=True)
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, check=True,
-    ).stdout.split(b"\0")  # fmt: skip
-    for name in filter(None, files):
-        source = ROOT / os.fsdecode(name)
-        if source.is_file():
-            target = SERVICE_DIR / os.fsdecode(name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    subprocess.run(["cp", "-a", str(ROOT / ".venv"), str(SERVICE_DIR / ".venv")], check=True)
+    common.copy_checkout(ROOT, SERVICE_DIR)
     if worker_concurrency:  # what-if: the copy's up.sh starts the worker with more processes
         up = SERVICE_DIR / "scripts" / "up.sh"
         line = 'start_celery worker "$WORKER_PIDFILE" "$WORKER_LOG"'
@@ -161,22 +149,11 @@ def prepare_servers() -> None:
 
 
 def run_script(name: str, env: dict[str, str], log: Path) -> None:
-    with open(log, "a") as out:
-        out.write(f"\n$ scripts/{name}\n")
-        out.flush()
-        subprocess.run(
-            [str(SERVICE_DIR / "scripts" / name)], cwd=SERVICE_DIR, env=env, stdout=out,
-            stderr=subprocess.STDOUT, check=True, timeout=300,
-        )  # fmt: skip
+    common.run_script(SERVICE_DIR, name, env, log)
 
 
 def create_token(env: dict[str, str]) -> str:
-    out = subprocess.run(
-        [str(SERVICE_DIR / ".venv" / "bin" / "python"), "manage.py", "create_api_token", "bench",
-         "--create-user"],
-        cwd=SERVICE_DIR, env=env, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    return out.strip().splitlines()[-1]
+    return common.create_token(SERVICE_DIR, env)
 
 
 # --- the poller -------------------------------------------------------------------------------
