@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import Min
 from django.utils import timezone
 
 from eventstore import wakeups
@@ -196,6 +197,13 @@ def due_instances(steps: dict[str, Step], limit: int = 500) -> list[int]:
     )
 
 
+def next_due_at(steps: dict[str, Step]) -> datetime | None:
+    """When the next open instance's step falls due (None: none is waiting)."""
+    return SagaInstance.objects.filter(
+        status__in=_OPEN, step__in=list(steps), next_attempt_at__gt=timezone.now()
+    ).aggregate(at=Min("next_attempt_at"))["at"]
+
+
 # A runner hands its worker process back this often, so that subscriber wake-ups queued
 # meanwhile run between its turns instead of waiting for a long backlog of steps.
 RUNNER_TIME_BUDGET_SECONDS = 0.5
@@ -229,6 +237,11 @@ def run_due(
     while True:
         ids = [pk for pk in due_instances(steps, limit=page + len(tried)) if pk not in tried]
         if not ids:
+            # Whoever made the later ones (a subscriber batch, a failed attempt) woke the
+            # runner for its earliest only: the runner itself keeps the chain going.
+            upcoming = next_due_at(steps)
+            if upcoming is not None:
+                wake_runner(upcoming)
             return ran
         for instance_id in ids[:page]:
             tried.add(instance_id)

@@ -257,3 +257,24 @@ def test_the_runner_takes_every_due_step_and_sends_without_a_transaction_id(sett
     run_saga_subscriber()  # sees the UserWelcomed events: records them, sends nothing more
     assert len(mail.outbox) == 4
     assert all(len(instance_for(u).handled_events) == 2 for u in users)
+
+
+def test_the_runner_wakes_itself_for_steps_that_fall_due_later(settings) -> None:
+    """One subscriber batch wakes the runner for its earliest instance only; the others
+    of that batch (due a little later) must not wait for beat's sweep."""
+    from django.core.cache import cache
+
+    from tests.integration.test_celery_wakeups import broker_tasks
+
+    settings.WELCOME_DELAY_SECONDS = 1.0
+    first = create_user()
+    time.sleep(0.6)
+    second = create_user()
+    run_saga_subscriber()  # both in one batch
+    due = instance_for(first).next_attempt_at
+    time.sleep(max(0.0, (due - timezone.now()).total_seconds()) + 0.05)
+    cache.clear()  # forget the wake-ups queued so far (broker queue and keys)
+    assert welcome.run_due() == 1
+    assert instance_for(first).status == "completed"
+    assert instance_for(second).status == "waiting"  # not due yet
+    assert ("sagas.tasks.run_due_saga_steps", "()") in broker_tasks()
