@@ -859,10 +859,7 @@ def chart(points: list[dict], summary: dict, path: Path) -> None:
         f"a test suite was running during {busy} of {len(activity)} measured rounds",
         fontsize=11,
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_chart(fig, path)
 
 
 def main() -> None:

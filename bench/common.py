@@ -100,3 +100,13 @@ def create_token(service: Path, env: dict[str, str]) -> str:
         cwd=service, env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     return out.strip().splitlines()[-1]
+
+
+def save_chart(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure (laid out, 110 dpi) to ``path`` and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

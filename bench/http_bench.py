@@ -794,10 +794,7 @@ def chart(summary: dict, runs: list[dict], path: Path) -> None:
     ax.set_title("Where the CPU goes (2 cores)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_chart(fig, path)
 
 
 if __name__ == "__main__":

@@ -630,10 +630,7 @@ def chart(samples: list[dict], series: list, start_at: float, result: dict, path
         f"other load {result['environment']['other_load_cores']} cores",
         fontsize=10,
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_chart(fig, path)
 
 
 def _versions() -> dict[str, Any]:

@@ -1218,10 +1218,7 @@ def chart(summary: dict, sizes: list[int], path: Path, environment: dict) -> Non
         f"(other load during the runs: {environment['other_load_summary']})",
         fontsize=10,
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_chart(fig, path)
 
 
 def main() -> None:

@@ -411,10 +411,7 @@ def chart(records: list[dict], seen: list[dict], start: float, result: dict, pat
         f"{result['environment']['other_load_cores']} cores",
         fontsize=10,
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_chart(fig, path)
 
 
 def main() -> None:
