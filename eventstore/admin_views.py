@@ -202,7 +202,9 @@ def live_tail_feed(request: HttpRequest) -> JsonResponse:
             cursor = Cursor.parse(after)
         except InvalidCursor as exc:
             return JsonResponse({"error": str(exc)}, status=400)
-        page = store.read_all(cursor, limit=TAIL_PAGE, categories=[category] if category else None)
+        page = store.read_all(
+            cursor, limit=TAIL_PAGE, categories=[category] if category else None, lenient=True
+        )
         rows = [
             _tail_row(
                 e.position,

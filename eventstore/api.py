@@ -189,6 +189,7 @@ class EventFeedView(APIView):
             limit=params["limit"],
             categories=[params["category"]] if "category" in params else None,
             event_types=[params["type"]] if "type" in params else None,
+            lenient=True,
         )
         return Response(
             {
@@ -254,6 +255,7 @@ class StreamView(APIView):
             stream_id,
             from_version=query.validated_data["from_version"],
             limit=query.validated_data["limit"],
+            lenient=True,
         )
         last = events[-1].version if events else None
         return Response(

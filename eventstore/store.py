@@ -15,6 +15,7 @@ transaction commits late therefore cannot be skipped, and no writer waits for an
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,10 +35,14 @@ from eventstore.cursor import Cursor
 from eventstore.errors import (
     ConcurrencyError,
     DuplicateEventId,
+    EventDecodingError,
     InvalidAppend,
     StreamNotFound,
+    UnknownEventType,
 )
 from eventstore.types import registry
+
+logger = logging.getLogger(__name__)
 
 STREAM_ID_MAX_LENGTH = 200
 STREAM_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*-[^\s\x00-\x1f\x7f]+$"
@@ -373,8 +378,18 @@ def _events_cursor(using: str) -> Iterator[Any]:
         yield cursor
 
 
-def _decode(row: Sequence[Any]) -> RecordedEvent:
+def _decode(row: Sequence[Any], lenient: bool = False) -> RecordedEvent:
     position, xid, stream_id, version, event_id, event_type, schema_version, data, meta, at = row
+    try:
+        payload = registry.decode(event_type, schema_version, data)
+    except (UnknownEventType, EventDecodingError) as exc:
+        if not lenient:
+            raise
+        # Only for showing events (staff pages, the feed API): an event written by a newer
+        # release, or one this release cannot read, is shown as stored rather than
+        # breaking the page. Subscribers and aggregates never read leniently.
+        logger.warning("showing event %s as stored: %s", position, exc)
+        payload = msgspec.json.decode(data)
     return RecordedEvent(  # positional: keywords cost a frozen dataclass more, per event
         position,
         Cursor(int(xid), position),
@@ -382,7 +397,7 @@ def _decode(row: Sequence[Any]) -> RecordedEvent:
         version,
         event_id,
         event_type,
-        registry.decode(event_type, schema_version, data),
+        payload,
         _metadata_decoder.decode(meta),
         at,
     )
@@ -402,9 +417,14 @@ def read_stream(
     from_version: int | None = None,
     backwards: bool = False,
     limit: int | None = None,
+    lenient: bool = False,
     using: str = "default",
 ) -> list[RecordedEvent]:
-    """Events of one stream from a version (inclusive), forwards or backwards."""
+    """Events of one stream from a version (inclusive), forwards or backwards.
+
+    ``lenient``: an event whose type or payload this release cannot read comes back with
+    its stored JSON as ``data`` instead of raising (for showing events, never folding).
+    """
     conditions = ["stream_id = %s"]
     params: list[Any] = [stream_id]
     if from_version is not None:
@@ -419,7 +439,7 @@ def read_stream(
         params.append(limit)
     with _events_cursor(using) as cursor:
         cursor.execute(sql, params)
-        return [_decode(row) for row in cursor.fetchall()]
+        return [_decode(row, lenient) for row in cursor.fetchall()]
 
 
 def load_stream_payloads(stream_id: str, *, using: str = "default") -> list[tuple[int, Any]]:
@@ -467,12 +487,14 @@ def read_all(
     limit: int = 500,
     categories: Iterable[str] | None = None,
     event_types: Iterable[str] | None = None,
+    lenient: bool = False,
     using: str = "default",
 ) -> FeedPage:
     """The next page of the global feed after ``after``, optionally filtered.
 
     The returned cursor continues after the page; on an empty page it is unchanged, so a
-    follower can poll with it without missing or re-reading events.
+    follower can poll with it without missing or re-reading events. ``lenient`` as in
+    :func:`read_stream`.
     """
     after = after or Cursor.start()
     filters: list[str] = []
@@ -489,7 +511,7 @@ def read_all(
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     horizon = Cursor(int(rows[0][0]), 0)
-    events = [_decode(row[1:]) for row in rows if row[1] is not None]
+    events = [_decode(row[1:], lenient) for row in rows if row[1] is not None]
     if len(events) == limit:
         next_cursor = events[-1].cursor
     else:

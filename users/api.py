@@ -294,7 +294,7 @@ class UserEventsView(APIView):
         if version is None:
             raise UserNotFound(uid)
         events = store.read_stream(
-            stream_id, from_version=query["from_version"], limit=query["limit"]
+            stream_id, from_version=query["from_version"], limit=query["limit"], lenient=True
         )
         next_version = events[-1].version + 1 if events and events[-1].version < version else None
         return Response(
