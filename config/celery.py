@@ -1,11 +1,34 @@
 """The Celery application; tasks live in the apps and are found by autodiscovery."""
 
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("config")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@task_prerun.connect
+def _check_connections(**kwargs: Any) -> None:
+    """Before a task, what Django does before a request: drop connections past
+    ``CONN_MAX_AGE`` or marked unusable, and (``CONN_HEALTH_CHECKS``) check the one kept
+    with its first query. Celery alone would open a new connection for every task, unless
+    ``CELERY_DB_REUSE_MAX`` is set, and then it would check none."""
+    from django.db import close_old_connections
+
+    close_old_connections()
+
+
+@task_postrun.connect
+def _close_connections_after_failure(state: str | None = None, **kwargs: Any) -> None:
+    """A task that failed (a soft time limit, say) may have left its connection mid-query
+    in a way the health check cannot see: never hand that one to the next task."""
+    if state != "SUCCESS":
+        from django.db import connections
+
+        connections.close_all()

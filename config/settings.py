@@ -140,6 +140,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=300)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=360)
 CELERY_TASK_ALWAYS_EAGER = False
+# Celery's Django fix-up closes the database connection around every task unless this is
+# set: a new PostgreSQL connection (a server process forked, authentication) per task
+# cost more than most of our tasks do. With it, a worker process keeps its connection for
+# this many tasks; config/celery.py checks it before each task as Django does per request.
+# 0: a new connection for every task.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000) or None
 # A command must succeed once its events commit, even with the broker down: publishing
 # a wake-up fails fast instead of retrying inside the request (the safety net catches up).
 CELERY_TASK_PUBLISH_RETRY = False

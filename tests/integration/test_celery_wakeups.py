@@ -8,6 +8,7 @@ import time
 import uuid
 
 import pytest
+from django.db import connection
 
 from eventstore import subscriptions
 from eventstore.models import Checkpoint, Event
@@ -21,6 +22,7 @@ from tests.processes import (
     wait_for,
 )
 from tests.testapp.models import Switch
+from tests.testapp.tasks import fail_after_a_query
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -141,3 +143,59 @@ def test_a_burst_of_appends_queues_one_wake_up_per_subscriber() -> None:
     tasks = broker_tasks()
     assert tasks.count(wake) == 2
     assert tasks.count(("eventstore.tasks.run_subscriber", "('test-tally', 1)")) == 1
+
+
+def _worker_backends() -> list[int]:
+    """Backend pids of the connections other clients (the worker) hold to this database."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_type = 'client backend' AND pid <> pg_backend_pid() ORDER BY pid"
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _broker_idle() -> bool:
+    """Nothing queued and nothing running (tasks are acknowledged when they finish)."""
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    return client.llen("celery") == 0 and client.hlen("unacked") == 0
+
+
+def test_the_worker_keeps_its_connection_checked_and_drops_it_after_a_failure(tmp_path) -> None:
+    """A task costs no new PostgreSQL connection; a broken or suspect one is replaced."""
+    worker = celery_worker(child_env(), tmp_path / "worker.log")
+    try:
+        expected = write(3, 2)
+        run_subscriber.delay("test-tally")
+        wait_for(lambda: tallies() == expected, 30, "the first task")
+        wait_for(lambda: len(_worker_backends()) == 1, 5, "the worker's connection")
+        [kept] = _worker_backends()
+        for _ in range(5):
+            expected.update(write(1, 1))
+            run_subscriber.delay("test-tally")
+        wait_for(lambda: tallies() == expected, 30, "five more tasks")
+        wait_for(_broker_idle, 30, "the worker to finish its tasks")
+        assert _worker_backends() == [kept]  # reused, not reopened per task
+
+        with connection.cursor() as cursor:  # the server drops it between two tasks
+            cursor.execute("SELECT pg_terminate_backend(%s)", [kept])
+        wait_for(lambda: _worker_backends() == [], 5, "the connection to go")
+        expected.update(write(1, 1))
+        run_subscriber.delay("test-tally")
+        wait_for(lambda: tallies() == expected, 30, "a task on a fresh connection")
+        [fresh] = _worker_backends()
+        assert fresh != kept
+
+        fail_after_a_query.delay()  # a failed task may leave it mid-query: not reused
+        wait_for(lambda: "fails on purpose" in worker.output(), 30, "the failing task")
+        wait_for(lambda: _worker_backends() == [], 5, "the failed task's connection to close")
+        expected.update(write(1, 1))
+        run_subscriber.delay("test-tally")
+        wait_for(lambda: tallies() == expected, 30, "the next task")
+    finally:
+        worker.stop()
+    log = worker.output()
+    assert log.count("raised unexpected") == 1, log  # the deliberate failure only
