@@ -240,8 +240,14 @@ def run(instance_id: int) -> str:
     return steps.run_step(instance_id, STEPS)
 
 
+# The welcome step only writes to this database (UserWelcomed and the instance's state),
+# so many instances share a transaction; the email step commits one by one, so a crash
+# can send at most one email twice.
+BATCHED_STEPS = frozenset({WELCOME})
+
+
 def run_due() -> int:
-    return steps.run_due(STEPS)
+    return steps.run_due(STEPS, batched=BATCHED_STEPS)
 
 
 def sweep() -> int:

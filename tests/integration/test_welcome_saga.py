@@ -278,3 +278,60 @@ def test_the_runner_wakes_itself_for_steps_that_fall_due_later(settings) -> None
     assert instance_for(first).status == "completed"
     assert instance_for(second).status == "waiting"  # not due yet
     assert ("sagas.tasks.run_due_saga_steps", "()") in broker_tasks()
+
+
+def _welcomed_transactions(user_ids: list[uuid.UUID]) -> set[int]:
+    """The transaction ids the users' UserWelcomed events were appended in."""
+    return set(
+        Event.objects.filter(
+            stream_id__in=[f"user-{u}" for u in user_ids], event_type="UserWelcomed"
+        ).values_list("transaction_id", flat=True)
+    )
+
+
+def test_due_welcomes_share_one_transaction_and_a_failing_one_is_undone_alone() -> None:
+    users = [create_user() for _ in range(6)]
+    run_saga_subscriber()
+    broken = instance_for(users[2])
+    broken.data = {**broken.data, "created_event_id": "not-a-uuid"}  # its step will raise
+    broken.save()
+
+    assert welcome.run_due() == 6
+    good = [u for u in users if u != users[2]]
+    assert [welcomes(u) for u in good] == [1] * 5
+    assert len(_welcomed_transactions(good)) == 1  # one commit for the five
+    assert [instance_for(u).status for u in good] == ["completed"] * 5
+    assert len(mail.outbox) == 5
+    failed = instance_for(users[2])
+    assert (failed.status, failed.step, failed.attempts) == ("waiting", "welcome", 1)
+    assert "badly formed hexadecimal UUID" in failed.last_error
+    assert welcomes(users[2]) == 0
+
+
+def test_an_instance_changed_during_a_batch_rolls_it_back_then_runs_one_by_one(threads) -> None:
+    """The subscriber (or an operator) cancels an instance while its batch runs: the batch
+    must not commit a welcome for it."""
+    from sagas import steps
+
+    users = [create_user() for _ in range(4)]
+    run_saga_subscriber()
+    victim = instance_for(users[3]).pk
+    calls: list[str] = []
+
+    def welcome_and_cancel_another(instance: SagaInstance) -> None:
+        if not calls:  # on another connection, committed at once
+            threads(1, lambda i: SagaInstance.objects.filter(pk=victim).update(status="cancelled"))
+        calls.append(instance.correlation_key)
+        welcome.welcome_step(instance)
+
+    ran = steps.run_due(
+        {welcome.WELCOME: welcome_and_cancel_another, welcome.SEND_EMAIL: welcome.email_step},
+        batched=welcome.BATCHED_STEPS,
+    )
+    assert ran == 4
+    assert str(users[3]) in calls  # its step ran in the batch, then was rolled back
+    assert welcomes(users[3]) == 0
+    assert instance_for(users[3]).status == "cancelled"
+    assert [welcomes(u) for u in users[:3]] == [1] * 3
+    assert [instance_for(u).status for u in users[:3]] == ["completed"] * 3
+    assert len(mail.outbox) == 3
