@@ -338,7 +338,7 @@ def run_due(
     *,
     batched: set[str] | frozenset[str] = frozenset(),
     time_budget: float = RUNNER_TIME_BUDGET_SECONDS,
-    page: int = 100,
+    page: int = 25,
 ) -> int:
     """Run every due step (each instance's next ones too, once due); returns instances run.
 
