@@ -10,7 +10,8 @@ meanwhile; otherwise everything the step wrote is rolled back and the runner mov
 
 A step that raises is recorded (attempts, last error, next attempt) and retried later;
 after ``MAX_ATTEMPTS`` the instance is marked failed. Due steps are run in bulk by one
-queued task at a time (:func:`wake_runner`), not one task per instance.
+queued task at a time (:func:`wake_runner`), not one task per instance; steps whose
+every effect is in this database can share one transaction (``run_due(batched=...)``).
 """
 
 from __future__ import annotations
@@ -273,24 +274,23 @@ UPDATE sagas_instance AS s
 
 def _save_steps(done: list[tuple[SagaInstance, tuple[str, str]]]) -> None:
     """:func:`_save_step` for many instances in one statement; all or none."""
-    rows = [(i, seen) for i, seen in done]
     columns = (
-        [i.pk for i, _ in rows],
-        [seen[0] for _, seen in rows],
-        [seen[1] for _, seen in rows],
-        [i.status for i, _ in rows],
-        [i.step for i, _ in rows],
-        [i.attempts for i, _ in rows],
-        [i.next_attempt_at for i, _ in rows],
-        [i.last_error for i, _ in rows],
-        [json.dumps(i.issued_commands) for i, _ in rows],
-        [json.dumps(i.data) for i, _ in rows],
-        [i.updated_at for i, _ in rows],
-        [i.finished_at for i, _ in rows],
+        [i.pk for i, _ in done],
+        [seen[0] for _, seen in done],
+        [seen[1] for _, seen in done],
+        [i.status for i, _ in done],
+        [i.step for i, _ in done],
+        [i.attempts for i, _ in done],
+        [i.next_attempt_at for i, _ in done],
+        [i.last_error for i, _ in done],
+        [json.dumps(i.issued_commands) for i, _ in done],
+        [json.dumps(i.data) for i, _ in done],
+        [i.updated_at for i, _ in done],
+        [i.finished_at for i, _ in done],
     )
     with connection.cursor() as cursor:
         cursor.execute(_SAVE_STEPS_SQL, columns)
-        if cursor.rowcount != len(rows):
+        if cursor.rowcount != len(done):
             raise _ChangedMeanwhile
 
 
