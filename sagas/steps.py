@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Min
 from django.utils import timezone
 
@@ -87,11 +87,29 @@ def _instance_lock(instance_id: int) -> Iterator[bool]:
         yield locked
     finally:
         if locked:
-            try:
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [key])
-            except Exception as exc:  # a broken connection has released it already
-                logger.warning("could not release the lock of saga %s: %s", instance_id, exc)
+            _unlock(
+                "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [key], f"saga {instance_id}"
+            )
+
+
+def _unlock(sql: str, params: list[Any], what: str) -> None:
+    """Release session advisory locks; if that fails, close the session, which does.
+
+    A worker keeps its connection across tasks: a lock left on it would make every other
+    runner find the instance busy for as long as the connection lives.
+    """
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+    except Exception as exc:
+        logger.warning("could not release the lock of %s (%s); closing the connection", what, exc)
+        connection.close()
+
+
+def _session() -> object:
+    """The database session the locks taken now belong to (Django reconnects silently)."""
+    connection.ensure_connection()
+    return connection.connection
 
 
 class _ChangedMeanwhile(Exception):
@@ -221,8 +239,9 @@ def runner_lock() -> Iterator[bool]:
         yield locked
     finally:
         if locked:
-            with contextlib.suppress(Exception), connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(hashtextextended('saga-runner', 0))")
+            _unlock(
+                "SELECT pg_advisory_unlock(hashtextextended('saga-runner', 0))", [], "the runner"
+            )
 
 
 # Steps whose every effect is in this database run many instances to a transaction: one
@@ -230,11 +249,17 @@ def runner_lock() -> Iterator[bool]:
 # instances after this long: it holds a transaction id, and the subscribers' horizon
 # waits for it.
 BATCH_TRANSACTION_SECONDS = 0.02
+# ... and after this many: each welcome writes inside three nested savepoints, and past 64
+# subtransactions PostgreSQL stops caching them, which slows visibility checks in every
+# session of the server while the transaction is open.
+BATCH_MAX_INSTANCES = 16
 
 
 @contextlib.contextmanager
-def _instance_locks(ids: list[int]) -> Iterator[list[int]]:
-    """The advisory locks (as :func:`_instance_lock`) of those not busy elsewhere, at once."""
+def _instance_locks(ids: list[int]) -> Iterator[tuple[list[int], object]]:
+    """The advisory locks (as :func:`_instance_lock`) of those not busy elsewhere, at once,
+    and the session holding them: if that session is lost (and Django reconnects), so
+    are the locks, and the caller must not run another step under them."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT id FROM unnest(%s::bigint[]) AS id "
@@ -242,19 +267,17 @@ def _instance_locks(ids: list[int]) -> Iterator[list[int]]:
             [ids],
         )
         locked = [row[0] for row in cursor.fetchall()]
+    session = _session()
     try:
-        yield locked
+        yield locked, session
     finally:
-        if locked:
-            try:
-                with connection.cursor() as cursor:
-                    cursor.execute(
-                        "SELECT pg_advisory_unlock(hashtextextended('saga-instance:' || id, 0)) "
-                        "FROM unnest(%s::bigint[]) AS id",
-                        [locked],
-                    )
-            except Exception as exc:  # a broken connection has released them already
-                logger.warning("could not release the locks of %s sagas: %s", len(locked), exc)
+        if locked and connection.connection is session:
+            _unlock(
+                "SELECT pg_advisory_unlock(hashtextextended('saga-instance:' || id, 0)) "
+                "FROM unnest(%s::bigint[]) AS id",
+                [locked],
+                f"{len(locked)} sagas",
+            )
 
 
 _SAVE_STEPS_SQL = """
@@ -289,30 +312,39 @@ def _save_steps(done: list[tuple[SagaInstance, tuple[str, str]]]) -> None:
         [i.finished_at for i, _ in done],
     )
     with connection.cursor() as cursor:
+        # Row locks in primary-key order, as the saga's subscriber takes them: in the
+        # UPDATE's own order the two could deadlock.
+        cursor.execute(
+            "SELECT id FROM sagas_instance WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+            [columns[0]],
+        )
         cursor.execute(_SAVE_STEPS_SQL, columns)
         if cursor.rowcount != len(done):
             raise _ChangedMeanwhile
 
 
-def _run_batched(ids: list[int], steps: dict[str, Step], batched: set[str]) -> None:
+def _run_batched(
+    ids: list[int], steps: dict[str, Step], batched: set[str], session: object
+) -> None:
     """Run the due batched steps of these (locked) instances, many to a transaction.
 
     A step that raises is undone alone (a savepoint) and recorded as a failed attempt.
-    If any instance changed meanwhile, the whole transaction rolls back and the caller
-    runs what is left one by one, where :func:`_run_one` sorts it out.
+    If any instance changed meanwhile, or the database refuses the batch (a deadlock,
+    say), the whole transaction rolls back and the caller runs what is left one by one,
+    where :func:`_run_one` sorts it out.
     """
     pending = list(
         SagaInstance.objects.filter(
             pk__in=ids, status__in=_OPEN, step__in=batched, next_attempt_at__lte=timezone.now()
         ).order_by("next_attempt_at")
     )
-    while pending:
+    while pending and connection.connection is session:
         deadline = time.monotonic() + BATCH_TRANSACTION_SECONDS
         done: list[tuple[SagaInstance, tuple[str, str]]] = []
         failed: list[tuple[SagaInstance, tuple[str, str], Exception]] = []
         try:
             with transaction.atomic():
-                for instance in pending:
+                for instance in pending[:BATCH_MAX_INSTANCES]:
                     seen = (instance.status, instance.step)
                     try:
                         with transaction.atomic():
@@ -327,6 +359,9 @@ def _run_batched(ids: list[int], steps: dict[str, Step], batched: set[str]) -> N
                 if done:
                     _save_steps(done)
         except _ChangedMeanwhile:
+            return
+        except DatabaseError as exc:
+            logger.warning("a batch of saga steps was refused (%s); running them one by one", exc)
             return
         for instance, seen, exc in failed:
             _record_failure(instance.pk, seen, exc)
@@ -361,13 +396,17 @@ def run_due(
             return ran
         ids = ids[:page]
         tried.update(ids)
-        with _instance_locks(ids) as locked:
+        with _instance_locks(ids) as (locked, session):
             ran += len(locked)
             if batched:
-                _run_batched(locked, steps, set(batched))
+                _run_batched(locked, steps, set(batched), session)
             for instance in SagaInstance.objects.filter(pk__in=locked).order_by("next_attempt_at"):
+                if connection.connection is not session:
+                    logger.warning("the session holding a page of saga locks was lost; leaving it")
+                    break
                 while _run_one(instance, steps) in steps:
-                    pass  # the next step is due at once: run it under the same lock
+                    if connection.connection is not session:
+                        break
                 if time.monotonic() > deadline:
                     break
         if time.monotonic() > deadline:

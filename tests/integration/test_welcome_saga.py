@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 
 import pytest
 from django.core import mail
@@ -289,30 +290,45 @@ def _welcomed_transactions(user_ids: list[uuid.UUID]) -> set[int]:
     )
 
 
-def test_due_welcomes_share_one_transaction_and_a_failing_one_is_undone_alone() -> None:
+def test_due_welcomes_share_one_transaction_and_a_failing_one_is_undone_alone(
+    monkeypatch,
+) -> None:
+    from sagas import steps
+
+    monkeypatch.setattr(steps, "BATCH_TRANSACTION_SECONDS", 30.0)  # no split by time
     users = [create_user() for _ in range(6)]
     run_saga_subscriber()
-    broken = instance_for(users[2])
-    broken.data = {**broken.data, "created_event_id": "not-a-uuid"}  # its step will raise
-    broken.save()
+    broken = str(users[2])
 
-    assert welcome.run_due() == 6
+    def welcome_or_fail_after_appending(instance: SagaInstance) -> None:
+        welcome.welcome_step(instance)  # appends UserWelcomed in the batch's transaction
+        if instance.correlation_key == broken:
+            raise RuntimeError("failed after its append")
+
+    ran = steps.run_due(
+        {welcome.WELCOME: welcome_or_fail_after_appending, welcome.SEND_EMAIL: welcome.email_step},
+        batched=welcome.BATCHED_STEPS,
+    )
+    assert ran == 6
     good = [u for u in users if u != users[2]]
     assert [welcomes(u) for u in good] == [1] * 5
     assert len(_welcomed_transactions(good)) == 1  # one commit for the five
     assert [instance_for(u).status for u in good] == ["completed"] * 5
     assert len(mail.outbox) == 5
+    assert welcomes(users[2]) == 0  # its append was undone with its savepoint
     failed = instance_for(users[2])
     assert (failed.status, failed.step, failed.attempts) == ("waiting", "welcome", 1)
-    assert "badly formed hexadecimal UUID" in failed.last_error
-    assert welcomes(users[2]) == 0
+    assert "failed after its append" in failed.last_error
 
 
-def test_an_instance_changed_during_a_batch_rolls_it_back_then_runs_one_by_one(threads) -> None:
+def test_an_instance_changed_during_a_batch_rolls_it_back_then_runs_one_by_one(
+    threads, monkeypatch
+) -> None:
     """The subscriber (or an operator) cancels an instance while its batch runs: the batch
     must not commit a welcome for it."""
     from sagas import steps
 
+    monkeypatch.setattr(steps, "BATCH_TRANSACTION_SECONDS", 30.0)
     users = [create_user() for _ in range(4)]
     run_saga_subscriber()
     victim = instance_for(users[3]).pk
@@ -329,9 +345,80 @@ def test_an_instance_changed_during_a_batch_rolls_it_back_then_runs_one_by_one(t
         batched=welcome.BATCHED_STEPS,
     )
     assert ran == 4
-    assert str(users[3]) in calls  # its step ran in the batch, then was rolled back
+    # All four ran in the batch, which was rolled back; then the three still open ran
+    # one by one, and the cancelled one did not.
+    assert [calls.count(str(u)) for u in users] == [2, 2, 2, 1]
     assert welcomes(users[3]) == 0
     assert instance_for(users[3]).status == "cancelled"
     assert [welcomes(u) for u in users[:3]] == [1] * 3
     assert [instance_for(u).status for u in users[:3]] == ["completed"] * 3
     assert len(mail.outbox) == 3
+
+
+def test_a_batch_the_database_refuses_runs_one_by_one(monkeypatch) -> None:
+    """A deadlock (or any database error) on the batch's save loses no step."""
+    from django.db import OperationalError
+
+    from sagas import steps
+
+    users = [create_user() for _ in range(3)]
+    run_saga_subscriber()
+    save_steps = steps._save_steps
+    refusals: list[int] = []
+
+    def refuse_once(done: list) -> None:
+        if not refusals:
+            refusals.append(len(done))
+            raise OperationalError("deadlock detected")
+        save_steps(done)
+
+    monkeypatch.setattr(steps, "_save_steps", refuse_once)
+    assert welcome.run_due() == 3
+    assert refusals  # the batch was tried
+    assert [welcomes(u) for u in users] == [1] * 3
+    assert [instance_for(u).status for u in users] == ["completed"] * 3
+    assert len(mail.outbox) == 3
+
+
+def test_a_runner_that_loses_its_session_leaves_the_rest_of_its_page(threads) -> None:
+    """The page's advisory locks live in one session: once it is gone (and Django has
+    quietly reconnected), running more steps would run them unlocked."""
+    from django.db import connection
+
+    from sagas import steps
+
+    users = [create_user() for _ in range(4)]
+    run_saga_subscriber()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        runner_pid = cursor.fetchone()[0]
+    sent: list[str] = []
+
+    def send_then_lose_the_session(instance: SagaInstance) -> None:
+        welcome.email_step(instance)
+        sent.append(instance.correlation_key)
+        if len(sent) == 1:  # the server drops the runner's session after the first send
+            threads(1, lambda i: connection.cursor().execute(
+                "SELECT pg_terminate_backend(%s)", [runner_pid]
+            ))  # fmt: skip
+
+    steps.run_due(
+        {welcome.WELCOME: welcome.welcome_step, welcome.SEND_EMAIL: send_then_lose_the_session},
+        batched=welcome.BATCHED_STEPS,
+    )
+    assert len(sent) == 1  # the page stopped there
+    assert [welcomes(u) for u in users] == [1] * 4
+    open_ones = [u for u in users if instance_for(u).step == "send_email"]
+    assert len(open_ones) == 4  # the first one's commit was lost with the session
+    with connection.cursor() as cursor:  # and no lock outlived it
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        assert cursor.fetchone()[0] == 0
+
+    SagaInstance.objects.update(next_attempt_at=timezone.now())  # skip the backoff
+    assert welcome.run_due() == 4
+    assert [instance_for(u).status for u in users] == ["completed"] * 4
+    # The documented window: the email whose commit was lost goes out again; no other.
+    first = instance_for(uuid.UUID(sent[0])).data["email"]
+    sends = Counter(m.to[0] for m in mail.outbox)
+    assert sends.pop(first) == 2
+    assert sorted(sends.values()) == [1, 1, 1]
