@@ -87,6 +87,13 @@ class EventRegistry:
     def decode(self, name: str, version: int, data: str | bytes) -> Any:
         """Read stored JSON as the current class, upcasting older versions first."""
         entry = self.lookup(name)
+        if version > entry.version:
+            # Written by a newer release: read as this version, its new fields would be
+            # dropped without a word (and folded, or shown, as something it is not).
+            raise EventDecodingError(
+                f"{name} version {version} is stored, but this release reads up to "
+                f"version {entry.version}"
+            )
         try:
             if version == entry.version:
                 return entry.decoder.decode(data)
@@ -98,7 +105,13 @@ class EventRegistry:
                         f"{name} version {version} is stored but no upcaster "
                         f"from version {step} to {step + 1} is registered"
                     )
-                payload = upcast(payload)
+                try:
+                    payload = upcast(payload)
+                except Exception as exc:
+                    raise EventDecodingError(
+                        f"upcasting stored {name} from version {step} failed: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
             return entry.decoder.decode(_encoder.encode(payload))
         except msgspec.ValidationError as exc:
             raise EventDecodingError(f"stored {name} (v{version}) is not valid: {exc}") from exc

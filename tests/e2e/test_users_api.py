@@ -271,12 +271,19 @@ class TestEvents:
                 "'{\"nickname\": \"Countess\"}', '{}')",
                 [stream, uuid.uuid4()],
             )
+            cursor.execute(  # a known type, in a schema version only a newer release reads
+                "INSERT INTO events (stream_id, version, category, event_id, event_type, "
+                "schema_version, data, metadata) VALUES (%s, 2, 'user', %s, 'UserUpdated', 9, "
+                '\'{"first_name": "Ada", "pronouns": "she"}\', \'{}\')',
+                [stream, uuid.uuid4()],
+            )
         stored = {"nickname": "Countess"}
 
         own = api.get(f"/v1/users/{user['id']}/events")
         assert own.status_code == 200
         assert own.json()["events"][1]["event_type"] == "UserNicknamed"
         assert own.json()["events"][1]["data"] == stored
+        assert own.json()["events"][2]["data"] == {"first_name": "Ada", "pronouns": "she"}
         by_stream = staff.get(f"/v1/streams/{stream}")
         assert by_stream.status_code == 200
         assert by_stream.json()["events"][1]["data"] == stored

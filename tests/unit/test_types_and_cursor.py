@@ -51,6 +51,17 @@ def test_missing_upcaster_is_named() -> None:
         registry.decode("test.Grown", 1, '{"size": 1}')
 
 
+def test_a_version_newer_than_this_release_is_refused_not_misread() -> None:
+    """Read as version 2, a version 3 payload would lose its new field without a word."""
+    with pytest.raises(EventDecodingError, match="reads up to version 2"):
+        registry.decode("test.Renamed", 3, '{"first_name": "A", "last_name": "B", "title": "Dr"}')
+
+
+def test_a_failing_upcaster_is_a_decoding_error() -> None:
+    with pytest.raises(EventDecodingError, match=r"upcasting stored test\.Renamed from version 1"):
+        registry.decode("test.Renamed", 1, '{"full_name": "no name key"}')
+
+
 def test_payload_not_matching_class() -> None:
     with pytest.raises(EventDecodingError, match=r"test\.Noted"):
         registry.decode("test.Noted", 1, '{"text": 5}')
