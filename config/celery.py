@@ -13,22 +13,30 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+def _eager(task: Any) -> bool:
+    """A task run in the caller's process (``apply()``) shares the caller's connection."""
+    return bool(getattr(getattr(task, "request", None), "is_eager", False))
+
+
 @task_prerun.connect
-def _check_connections(**kwargs: Any) -> None:
+def _check_connections(task: Any = None, **kwargs: Any) -> None:
     """Before a task, what Django does before a request: drop connections past
     ``CONN_MAX_AGE`` or marked unusable, and (``CONN_HEALTH_CHECKS``) check the one kept
     with its first query. Celery alone would open a new connection for every task, unless
     ``CELERY_DB_REUSE_MAX`` is set, and then it would check none."""
     from django.db import close_old_connections
 
-    close_old_connections()
+    if not _eager(task):
+        close_old_connections()
 
 
 @task_postrun.connect
-def _close_connections_after_failure(state: str | None = None, **kwargs: Any) -> None:
+def _close_connections_after_failure(
+    task: Any = None, state: str | None = None, **kwargs: Any
+) -> None:
     """A task that failed (a soft time limit, say) may have left its connection mid-query
     in a way the health check cannot see: never hand that one to the next task."""
-    if state != "SUCCESS":
+    if state != "SUCCESS" and not _eager(task):
         from django.db import connections
 
         connections.close_all()
