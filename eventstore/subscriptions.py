@@ -412,13 +412,25 @@ def has_pending(subscriber: Subscriber, using: str = "default") -> bool:
     them is still open somewhere. They are not lost; this tells the caller to look again.
     """
     with connections[using].cursor() as cursor:
-        cursor.execute(
-            "SELECT EXISTS (SELECT 1 FROM events e, checkpoints c WHERE c.name = %s "
-            "AND (e.transaction_id, e.position) > (c.cursor_transaction_id, c.cursor_position) "
-            "AND e.event_type = ANY(%s))",
-            [subscriber.name, subscriber.event_types],
-        )
+        cursor.execute(_PENDING_SQL, [subscriber.event_types, subscriber.name])
         return cursor.fetchone()[0]
+
+
+# A lateral LIMIT 1 in feed order: the planner walks the feed index from the checkpoint.
+# Joined plainly, the checkpoint's cursor is unknown when the plan is made, and every
+# call read the whole events table (6 ms at 13,000 events, after every task).
+_PENDING_SQL = """
+    SELECT EXISTS (
+        SELECT 1 FROM checkpoints c, LATERAL (
+            SELECT 1 FROM events e
+             WHERE (e.transaction_id, e.position) > (c.cursor_transaction_id, c.cursor_position)
+               AND e.event_type = ANY(%s)
+             ORDER BY e.transaction_id, e.position
+             LIMIT 1
+        ) AS pending
+        WHERE c.name = %s
+    )
+"""
 
 
 # Events in the feed after checkpoint ``c`` (of every type): the lag operators see.
