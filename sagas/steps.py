@@ -230,11 +230,19 @@ RUNNER_TIME_BUDGET_SECONDS = 0.5
 
 
 @contextlib.contextmanager
-def runner_lock() -> Iterator[bool]:
-    """One runner at a time: two would only contend for the same instances' locks."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(hashtextextended('saga-runner', 0))")
-        locked = cursor.fetchone()[0]
+def runner_lock(wait: float = 0.0) -> Iterator[bool]:
+    """One runner at a time: two would only contend for the same instances' locks.
+
+    ``wait``: keep trying this long, for a runner that is just finishing its turn.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(hashtextextended('saga-runner', 0))")
+            locked = cursor.fetchone()[0]
+        if locked or time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
     try:
         yield locked
     finally:
@@ -377,23 +385,56 @@ def run_due(
 ) -> int:
     """Run every due step (each instance's next ones too, once due); returns instances run.
 
+    Out of time with work left, it queues another run. See :func:`run_turn`.
+    """
+    ran, out_of_time = run_turn(steps, batched=batched, time_budget=time_budget, page=page)
+    if out_of_time:
+        queue_next_turn()
+    return ran
+
+
+def queue_next_turn() -> None:
+    """Queue a run now, even though the mark of a queued one may still be set: a turn that
+    ran out of time never cleared it (its own wake-up, meant to stay the only one)."""
+    wakeups.clear(RUNNER_NOW_KEY)
+    wake_runner()
+
+
+def run_turn(
+    steps: dict[str, Step],
+    *,
+    batched: set[str] | frozenset[str] = frozenset(),
+    time_budget: float = RUNNER_TIME_BUDGET_SECONDS,
+    page: int = 25,
+) -> tuple[int, bool]:
+    """One runner's turn: (instances run, whether it stopped for time with work left).
+
     ``batched`` names steps whose every effect is in this database: those run many
     instances to a transaction (:func:`_run_batched`) before the rest run one by one.
-    An instance is taken up once per call, so one that stays due (busy elsewhere) cannot
-    keep the runner spinning. Out of time, it queues another run and returns.
+    An instance is taken up once per turn, so one that stays due (busy elsewhere) cannot
+    keep the runner spinning. The mark of the queued run (``RUNNER_NOW_KEY``) stays set
+    while the turn finds work, so the wake-ups of new steps queue no more tasks; before
+    the turn ends for lack of work it clears the mark and looks once more, so a step
+    that falls due after that look queues a new run.
     """
     deadline = time.monotonic() + time_budget
     tried: set[int] = set()
     ran = 0
+    cleared = False
     while True:
         ids = [pk for pk in due_instances(steps, limit=page + len(tried)) if pk not in tried]
         if not ids:
+            if not cleared:
+                wakeups.clear(RUNNER_NOW_KEY)
+                cleared = True
+                continue
             # Whoever made the later ones (a subscriber batch, a failed attempt) woke the
             # runner for its earliest only: the runner itself keeps the chain going.
             upcoming = next_due_at(steps)
             if upcoming is not None:
                 wake_runner(upcoming)
-            return ran
+            return ran, False
+        cleared = False
         ids = ids[:page]
         tried.update(ids)
         with _instance_locks(ids) as (locked, session):
@@ -410,8 +451,7 @@ def run_due(
                 if time.monotonic() > deadline:
                     break
         if time.monotonic() > deadline:
-            wake_runner()
-            return ran
+            return ran, True
 
 
 def mark_cancelled(instance: SagaInstance, reason: str) -> None:

@@ -250,9 +250,14 @@ def run_due() -> int:
     return steps.run_due(STEPS, batched=BATCHED_STEPS)
 
 
+def run_turn() -> tuple[int, bool]:
+    return steps.run_turn(STEPS, batched=BATCHED_STEPS)
+
+
 def sweep() -> int:
-    """The safety net: wake the runner if a step is due (its wake-up may have been lost)."""
+    """The safety net: queue a run if a step is due (its wake-up may have been lost, or a
+    runner that died left the mark of a queued run behind)."""
     due = len(steps.due_instances(STEPS, limit=1))
     if due:
-        steps.wake_runner()
+        steps.queue_next_turn()
     return due

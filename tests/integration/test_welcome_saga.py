@@ -422,3 +422,68 @@ def test_a_runner_that_loses_its_session_leaves_the_rest_of_its_page(threads) ->
     sends = Counter(m.to[0] for m in mail.outbox)
     assert sends.pop(first) == 2
     assert sorted(sends.values()) == [1, 1, 1]
+
+
+def _queued_runs() -> int:
+    """Runs of the saga runner queued to start now (not the delayed ones)."""
+    import json
+
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    headers = [json.loads(raw)["headers"] for raw in client.lrange("celery", 0, -1)]
+    return sum(
+        1 for h in headers if h["task"] == "sagas.tasks.run_due_saga_steps" and not h.get("eta")
+    )
+
+
+def test_wake_ups_during_a_turn_queue_no_more_runs_and_its_end_lets_them(monkeypatch) -> None:
+    """Each subscriber batch wakes the runner; while a turn finds work they must not queue
+    a task each (that found the runner busy), and once it stops they must queue again."""
+    from django.core.cache import cache
+
+    from sagas import steps
+    from sagas.tasks import run_due_saga_steps
+
+    cache.clear()  # the broker's queue and the marks (same Redis database)
+    for _ in range(3):
+        create_user()
+    run_saga_subscriber()  # its commit wakes the runner
+    assert _queued_runs() == 1
+
+    def welcome_and_wake(instance: SagaInstance) -> None:
+        welcome.welcome_step(instance)
+        steps.wake_runner()  # as another subscriber batch committing meanwhile would
+
+    monkeypatch.setitem(welcome.STEPS, welcome.WELCOME, welcome_and_wake)
+    assert run_due_saga_steps() == 3  # the queued run, as the worker runs it
+    assert _queued_runs() == 1  # the wake-ups during the turn queued nothing
+    steps.wake_runner()  # the turn has ended: a new step must get a run
+    assert _queued_runs() == 2
+
+
+def test_a_turn_out_of_time_and_the_sweep_queue_a_run_despite_the_mark() -> None:
+    from django.core.cache import cache
+
+    from sagas import steps
+
+    cache.clear()
+    users = [create_user() for _ in range(3)]
+    run_saga_subscriber()  # marks a queued run
+    assert _queued_runs() == 1
+    ran = steps.run_due(welcome.STEPS, batched=welcome.BATCHED_STEPS, time_budget=0, page=1)
+    assert ran == 1
+    assert _queued_runs() == 2  # the rest must not wait for the sweep
+
+    # The queued run is lost (its worker died, say) while its mark is left behind.
+    import redis
+    from django.conf import settings
+
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete("celery")
+    assert cache.get(steps.RUNNER_NOW_KEY) is not None
+    assert _queued_runs() == 0
+    assert welcome.sweep() == 1
+    assert _queued_runs() == 1
+    assert welcome.run_due() == 2
+    assert [instance_for(u).status for u in users] == ["completed"] * 3
