@@ -62,6 +62,15 @@ def send_once(
         return False
 
 
+def mark(key: str) -> None:
+    """Set ``key`` without queueing anything: the caller itself will do what it stands
+    for, so wake-ups meanwhile need not queue a task. Never raises."""
+    try:
+        redis_client(cache).set(cache.make_and_validate_key(key), 1, nx=True, ex=KEY_TTL_SECONDS)
+    except Exception as exc:
+        logger.warning("could not set %s: %s", key, exc)
+
+
 def clear(key: str) -> None:
     """Called by the task as it starts: from now on, new work queues a new task."""
     try:

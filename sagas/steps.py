@@ -434,7 +434,9 @@ def run_turn(
             if upcoming is not None:
                 wake_runner(upcoming)
             return ran, False
-        cleared = False
+        if cleared:  # more work after all: mark the run again, until the next look
+            wakeups.mark(RUNNER_NOW_KEY)
+            cleared = False
         ids = ids[:page]
         tried.update(ids)
         with _instance_locks(ids) as (locked, session):

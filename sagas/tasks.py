@@ -7,7 +7,6 @@ from django.utils import timezone
 
 from sagas import steps, welcome
 
-
 RUNNER_LOCK_WAIT_SECONDS = 0.1
 
 
