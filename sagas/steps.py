@@ -230,19 +230,11 @@ RUNNER_TIME_BUDGET_SECONDS = 0.5
 
 
 @contextlib.contextmanager
-def runner_lock(wait: float = 0.0) -> Iterator[bool]:
-    """One runner at a time: two would only contend for the same instances' locks.
-
-    ``wait``: keep trying this long, for a runner that is just finishing its turn.
-    """
-    deadline = time.monotonic() + wait
-    while True:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(hashtextextended('saga-runner', 0))")
-            locked = cursor.fetchone()[0]
-        if locked or time.monotonic() >= deadline:
-            break
-        time.sleep(0.01)
+def runner_lock() -> Iterator[bool]:
+    """One runner at a time: two would only contend for the same instances' locks."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(hashtextextended('saga-runner', 0))")
+        locked = cursor.fetchone()[0]
     try:
         yield locked
     finally:

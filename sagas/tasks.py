@@ -7,21 +7,17 @@ from django.utils import timezone
 
 from sagas import steps, welcome
 
-RUNNER_LOCK_WAIT_SECONDS = 0.1
-
-
 @shared_task(name="sagas.tasks.run_due_saga_steps", acks_late=True, ignore_result=True)
 def run_due_saga_steps() -> int:
     """Run every due step; at most one is queued to run now (see steps.run_turn)."""
-    # This task was queued when no run was marked as queued: the runner at work, if
-    # any, has cleared the mark and is about to stop, so wait a little for its lock.
-    with steps.runner_lock(wait=RUNNER_LOCK_WAIT_SECONDS) as mine:
+    with steps.runner_lock() as mine:
         if mine:
             ran, out_of_time = welcome.run_turn()
     if not mine:
-        # It found more work after all. It clears the mark and looks once more before it
+        # Another runner is at work. It clears the mark and looks once more before it
         # stops, so what queued this task is not lost; but it may be past that look and
         # not yet gone, so look again in a moment rather than leave it to the sweep.
+        # (Waiting here for its lock would hold a pool process the subscribers need.)
         steps.wake_runner(timezone.now() + timedelta(seconds=steps.RUNNER_TIME_BUDGET_SECONDS))
         return 0
     if out_of_time:
