@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from sagas import steps, welcome
 
+
 @shared_task(name="sagas.tasks.run_due_saga_steps", acks_late=True, ignore_result=True)
 def run_due_saga_steps() -> int:
     """Run every due step; at most one is queued to run now (see steps.run_turn)."""
