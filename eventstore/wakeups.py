@@ -36,7 +36,13 @@ def recheck_key(name: str) -> str:
 
 
 def send_once(
-    key: str, task: Any, args: tuple = (), countdown: float = 0.0, *, what: str = ""
+    key: str,
+    task: Any,
+    args: tuple = (),
+    countdown: float = 0.0,
+    *,
+    kwargs: dict[str, Any] | None = None,
+    what: str = "",
 ) -> bool:
     """Queue ``task`` unless ``key`` says one is queued already. Never raises.
 
@@ -51,9 +57,9 @@ def send_once(
         if not marked:
             return False
         if countdown > 0:
-            task.apply_async(args, countdown=countdown)
+            task.apply_async(args, kwargs, countdown=countdown)
         else:
-            task.apply_async(args)
+            task.apply_async(args, kwargs)
         return True
     except Exception as exc:  # the broker or Redis is down: the safety net covers it
         logger.warning("could not queue %s (%s); the safety net will", what or key, exc)
