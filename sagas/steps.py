@@ -78,8 +78,8 @@ def schedule(instance: SagaInstance) -> None:
 
 
 @contextlib.contextmanager
-def _instance_lock(instance_id: int) -> Iterator[bool]:
-    key = f"saga-instance:{instance_id}"
+def _named_lock(key: str) -> Iterator[bool]:
+    """A session advisory lock on ``key`` if free (no transaction id), released after."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [key])
         locked = cursor.fetchone()[0]
@@ -87,9 +87,11 @@ def _instance_lock(instance_id: int) -> Iterator[bool]:
         yield locked
     finally:
         if locked:
-            _unlock(
-                "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [key], f"saga {instance_id}"
-            )
+            _unlock("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [key], key)
+
+
+def _instance_lock(instance_id: int) -> contextlib.AbstractContextManager[bool]:
+    return _named_lock(f"saga-instance:{instance_id}")
 
 
 def _unlock(sql: str, params: list[Any], what: str) -> None:
@@ -229,19 +231,9 @@ def next_due_at(steps: dict[str, Step]) -> datetime | None:
 RUNNER_TIME_BUDGET_SECONDS = 0.5
 
 
-@contextlib.contextmanager
-def runner_lock() -> Iterator[bool]:
+def runner_lock() -> contextlib.AbstractContextManager[bool]:
     """One runner at a time: two would only contend for the same instances' locks."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(hashtextextended('saga-runner', 0))")
-        locked = cursor.fetchone()[0]
-    try:
-        yield locked
-    finally:
-        if locked:
-            _unlock(
-                "SELECT pg_advisory_unlock(hashtextextended('saga-runner', 0))", [], "the runner"
-            )
+    return _named_lock("saga-runner")
 
 
 # Steps whose every effect is in this database run many instances to a transaction: one
