@@ -18,7 +18,6 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 from django.db import connections, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from eventstore import store
@@ -181,21 +180,23 @@ def advance(
     name: str, cursor: Cursor, processed: int, last: RecordedEvent | None, using: str
 ) -> None:
     """Move the checkpoint (inside the batch's transaction) and clear any error."""
-    changes: dict[str, Any] = {
-        "cursor_transaction_id": cursor.transaction_id,
-        "cursor_position": cursor.position,
-        "updated_at": timezone.now(),
-    }
-    if processed:
-        changes.update(
-            events_processed=F("events_processed") + processed,
-            last_event_at=last.recorded_at if last else None,
-            error="",
-            error_position=None,
-            error_count=0,
-            retry_at=None,
-        )
-    Checkpoint.objects.using(using).filter(name=name).update(**changes)
+    now = timezone.now()
+    with connections[using].cursor() as db:
+        if processed:
+            db.execute(
+                "UPDATE checkpoints SET cursor_transaction_id = %s::xid8, cursor_position = %s, "
+                "updated_at = %s, events_processed = events_processed + %s, "
+                "last_event_at = %s, error = '', error_position = NULL, error_count = 0, "
+                "retry_at = NULL WHERE name = %s",
+                [str(cursor.transaction_id), cursor.position, now, processed,
+                 last.recorded_at if last else None, name],
+            )  # fmt: skip
+        else:
+            db.execute(
+                "UPDATE checkpoints SET cursor_transaction_id = %s::xid8, cursor_position = %s, "
+                "updated_at = %s WHERE name = %s",
+                [str(cursor.transaction_id), cursor.position, now, name],
+            )
 
 
 def _run_batch(
@@ -204,11 +205,11 @@ def _run_batch(
     with transaction.atomic(using=using):
         if not _try_lock(subscriber.name, using, subscriber.synchronous_commit):
             return BatchOutcome(busy=True)
-        checkpoint = Checkpoint.objects.using(using).get(name=subscriber.name)
-        if checkpoint.retry_at and checkpoint.retry_at > timezone.now():
+        position, retry_at = _read_checkpoint(subscriber, using)
+        if retry_at and retry_at > timezone.now():
             return BatchOutcome(backing_off=True)
         page = store.read_all(
-            checkpoint_cursor(checkpoint),
+            position,
             limit=limit,
             event_types=subscriber.event_types,
             using=using,
@@ -226,10 +227,29 @@ def _run_batch(
                 subscriber.handle_batch(events)
             except Exception as exc:
                 raise _BatchFailed from exc
-        if events or page.next_cursor != checkpoint_cursor(checkpoint):
+        if events or page.next_cursor != position:
             last = events[-1] if events else None
             advance(subscriber.name, page.next_cursor, len(events), last, using)
         return BatchOutcome(processed=len(events), more=page.is_full)
+
+
+class _NoCheckpoint(Exception):
+    pass
+
+
+def _read_checkpoint(subscriber: Subscriber, using: str) -> tuple[Cursor, Any]:
+    """The subscriber's cursor and retry time. Plain SQL: this runs for every batch, and
+    the ORM compiled the query anew each time."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT cursor_transaction_id::text, cursor_position, retry_at "
+            "FROM checkpoints WHERE name = %s",
+            [subscriber.name],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise _NoCheckpoint
+    return Cursor(int(row[0]), row[1]), row[2]
 
 
 class _BatchFailed(Exception):
@@ -279,7 +299,8 @@ def _record_failure(subscriber: Subscriber, failure: _HandlerFailed, using: str)
 def run_batch(subscriber: Subscriber, using: str = "default") -> BatchOutcome:
     """Process at most one batch; on a handler error keep the events before it.
 
-    The checkpoint row must exist (:func:`ensure_checkpoint`). A failed batch is rolled
+    The checkpoint row is made on first use (committed on its own, before the batch,
+    so that a failure and a wake flag have a row to go to). A failed batch is rolled
     back whole, then redone up to the failing event, so the checkpoint stops exactly
     before it and the error is recorded on the checkpoint row.
     """
@@ -288,6 +309,8 @@ def run_batch(subscriber: Subscriber, using: str = "default") -> BatchOutcome:
     while True:
         try:
             return _run_batch(subscriber, limit, using, one_by_one)
+        except _NoCheckpoint:
+            ensure_checkpoint(subscriber, using)
         except _BatchFailed:
             one_by_one = True  # redo it event by event to find the one that fails
         except _HandlerFailed as failure:
@@ -322,7 +345,6 @@ def catch_up(
     subscriber: Subscriber, *, time_budget: float | None = None, using: str = "default"
 ) -> CatchUpResult:
     """Run batches until caught up with the feed (or busy, failed, out of time)."""
-    ensure_checkpoint(subscriber, using)
     processed = batches = 0
     flagged = False
     deadline = None if time_budget is None else time.monotonic() + time_budget
