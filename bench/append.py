@@ -326,9 +326,6 @@ WRITER_FACTORIES = {
 }
 
 
-_cpu_seconds = common.cpu_seconds
-
-
 def _writer_process(system, idx, batch, args, barrier, queue) -> None:
     """Set up, warm up, say ready, then run one measured window per round."""
     try:
@@ -344,7 +341,7 @@ def _writer_process(system, idx, batch, args, barrier, queue) -> None:
             while clock() < end:
                 op()
             latencies = []
-            client_cpu, server_cpu = _cpu_seconds(), _cpu_seconds(backend_pid)
+            client_cpu, server_cpu = common.cpu_seconds(), common.cpu_seconds(backend_pid)
             start = now = clock()
             deadline = start + args.seconds
             while now < deadline:
@@ -352,8 +349,8 @@ def _writer_process(system, idx, batch, args, barrier, queue) -> None:
                 after = clock()
                 latencies.append(after - now)
                 now = after
-            client_cpu = _cpu_seconds() - client_cpu
-            server_end = _cpu_seconds(backend_pid)
+            client_cpu = common.cpu_seconds() - client_cpu
+            server_end = common.cpu_seconds(backend_pid)
             queue.put(
                 {
                     "idx": idx,

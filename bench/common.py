@@ -24,6 +24,20 @@ def pg_params(url: str, dbname: str) -> dict[str, Any]:
     }
 
 
+def connect(url: str, dbname: str, **kwargs: Any) -> Any:
+    """A psycopg connection to ``dbname`` on the server of ``url``."""
+    import psycopg
+
+    return psycopg.connect(**pg_params(url, dbname), **kwargs)
+
+
+def pidfile(service: Path, name: str) -> int | None:
+    """The pid a service copy's ``scripts/up.sh`` wrote to ``.data/run/<name>``, if any."""
+    with contextlib.suppress(OSError, ValueError):
+        return int((service / ".data" / "run" / name).read_text().split()[0])
+    return None
+
+
 def cpu_seconds(pid: int | None = None) -> float | None:
     """CPU time (user + system) of this process, or of another local one (None if gone)."""
     if pid is None:

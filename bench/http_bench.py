@@ -143,29 +143,12 @@ end
 _PATHS = {"health": "/health", "get": "/v1/users", "post": "/v1/users"}
 
 
-def _pg_params(dbname: str) -> dict[str, Any]:
-    return common.pg_params(PG_URL, dbname)
-
-
-def _connect(dbname: str = DB):
-    import psycopg
-
-    return psycopg.connect(**_pg_params(dbname), autocommit=True)
-
-
-_cpu_seconds = common.cpu_seconds
-
-
-_machine_busy = common.machine_busy
-
-
-_tree = common.process_tree
+def _connect(dbname: str = DB) -> Any:
+    return common.connect(PG_URL, dbname, autocommit=True)
 
 
 def _pidfile(name: str) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        return int((SERVICE_DIR / ".data" / "run" / name).read_text().split()[0])
-    return None
+    return common.pidfile(SERVICE_DIR, name)
 
 
 class CpuMeter:
@@ -178,7 +161,7 @@ class CpuMeter:
         groups = {}
         for name, pidfile in (("gunicorn", "gunicorn.pid"), ("celery", "celery-worker.pid")):
             pid = _pidfile(pidfile)
-            groups[name] = _tree(pid) if pid else []
+            groups[name] = common.process_tree(pid) if pid else []
         groups["postgres"] = [
             row[0]
             for row in self.monitor.execute(
@@ -191,9 +174,9 @@ class CpuMeter:
     def mark(self) -> dict[str, Any]:
         return {
             "t": time.monotonic(),
-            "machine": _machine_busy(),
+            "machine": common.machine_busy(),
             "cpu": {
-                name: {pid: _cpu_seconds(pid) or 0.0 for pid in pids}
+                name: {pid: common.cpu_seconds(pid) or 0.0 for pid in pids}
                 for name, pids in self._groups().items()
             },
             "children": os.times().children_user + os.times().children_system,
@@ -452,7 +435,9 @@ def profile_phases(
         wait_until_idle(meter, args.drain)
         master = _pidfile("gunicorn.pid")
         worker = _pidfile("celery-worker.pid")
-        targets = {f"gunicorn-{pid}": pid for pid in _tree(master)[1:]} if master else {}
+        targets = (
+            {f"gunicorn-{pid}": pid for pid in common.process_tree(master)[1:]} if master else {}
+        )
         if worker:
             targets["celery"] = worker
         spies = []

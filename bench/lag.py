@@ -85,19 +85,8 @@ def _pg_params(dbname: str = DB) -> dict[str, Any]:
     return common.pg_params(PG_URL, dbname)
 
 
-def _connect(dbname: str = DB, **kwargs: Any):
-    import psycopg
-
-    return psycopg.connect(**_pg_params(dbname), **kwargs)
-
-
-_cpu_seconds = common.cpu_seconds
-
-
-_children_of = common.process_tree
-
-
-_machine_busy = common.machine_busy
+def _connect(dbname: str = DB, **kwargs: Any) -> Any:
+    return common.connect(PG_URL, dbname, **kwargs)
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -204,7 +193,7 @@ def _writer(idx: int, args: dict, go, start, appends, results) -> None:
                 "ops": ops,
                 "late_p99_ms": round((_percentile(late, 0.99) or 0) * 1000, 2),
                 "late_share": round(len(late) / max(1, k), 3),
-                "cpu_s": round(_cpu_seconds(), 2),
+                "cpu_s": round(common.cpu_seconds(), 2),
             }
         )
     except BaseException:
@@ -230,9 +219,9 @@ def _poller(args: dict, appends, stop, results) -> None:
         samples: list[dict[str, Any]] = []
         interval = args["poll_ms"] / 1000
         polls = 0
-        cpu0 = _cpu_seconds()
+        cpu0 = common.cpu_seconds()
         backend = conn.info.backend_pid
-        backend0 = _cpu_seconds(backend)
+        backend0 = common.cpu_seconds(backend)
         drain_deadline = None
         while True:
             while True:
@@ -295,8 +284,8 @@ def _poller(args: dict, appends, stop, results) -> None:
                 "poller": True,
                 "samples": samples,
                 "polls": polls,
-                "cpu_s": round(_cpu_seconds() - cpu0, 2),
-                "backend_cpu_s": round((_cpu_seconds(backend) or 0) - (backend0 or 0), 2),
+                "cpu_s": round(common.cpu_seconds() - cpu0, 2),
+                "backend_cpu_s": round((common.cpu_seconds(backend) or 0) - (backend0 or 0), 2),
                 "never_seen_in_read_model": sum(len(v) for v in pending_model.values()),
                 "never_seen_in_events": sum(len(v) for v in pending_floor.values()),
             }
@@ -721,9 +710,9 @@ def main() -> None:
         )
         start_at = start.value = time.monotonic() + 1.0
         go.set()
-        worker_pids = _children_of(procs["worker"]["proc"].pid)
-        worker_cpu0 = {pid: _cpu_seconds(pid) or 0.0 for pid in worker_pids}
-        machine0, wall0 = _machine_busy(), time.monotonic()
+        worker_pids = common.process_tree(procs["worker"]["proc"].pid)
+        worker_cpu0 = {pid: common.cpu_seconds(pid) or 0.0 for pid in worker_pids}
+        machine0, wall0 = common.machine_busy(), time.monotonic()
         load_start = os.getloadavg()[0]
         total = args.warmup + args.rounds * args.seconds
         print(
@@ -739,10 +728,10 @@ def main() -> None:
             writer_reports.append(message)
         wall = time.monotonic() - wall0
         worker_cpu = sum(
-            (_cpu_seconds(pid) or worker_cpu0.get(pid, 0.0)) - worker_cpu0.get(pid, 0.0)
-            for pid in _children_of(procs["worker"]["proc"].pid)
+            (common.cpu_seconds(pid) or worker_cpu0.get(pid, 0.0)) - worker_cpu0.get(pid, 0.0)
+            for pid in common.process_tree(procs["worker"]["proc"].pid)
         )
-        machine = _machine_busy() - machine0
+        machine = common.machine_busy() - machine0
         stop.set()
         while poller_report is None or monitor_report is None:
             message = results.get(timeout=DRAIN_TIMEOUT + 60)

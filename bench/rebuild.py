@@ -111,10 +111,8 @@ def _pg_params(dbname: str = DB) -> dict[str, Any]:
     return common.pg_params(PG_URL, dbname)
 
 
-def _connect(dbname: str = DB, **kwargs: Any):
-    import psycopg
-
-    return psycopg.connect(**_pg_params(dbname), **kwargs)
+def _connect(dbname: str = DB, **kwargs: Any) -> Any:
+    return common.connect(PG_URL, dbname, **kwargs)
 
 
 def _admin_sql(*statements: str) -> list:
@@ -127,12 +125,6 @@ def _admin_sql(*statements: str) -> list:
 
 
 # --- the machine: CPU used by everything else while we measure -----------------------------
-
-
-_cpu_seconds = common.cpu_seconds
-
-
-_machine_busy = common.machine_busy
 
 
 def _rss_kb() -> int:
@@ -664,7 +656,7 @@ def _measure_ours(system: str, args: dict, total: int) -> dict[str, Any]:
                 if reader_profiler:
                     reader_profiler.disable()
                 pid = connections["default"].connection.info.backend_pid
-                if (used := _cpu_seconds(pid)) is not None:
+                if (used := common.cpu_seconds(pid)) is not None:
                     marks.setdefault("seen", {})[pid] = used
 
     replay._read = read_in_reader_thread
@@ -799,7 +791,7 @@ def _backend_cpu(monitor) -> dict[int, float]:
     ).fetchall()
     out = {}
     for (pid,) in pids:
-        cpu = _cpu_seconds(pid)
+        cpu = common.cpu_seconds(pid)
         if cpu is not None:
             out[pid] = cpu
     return out
@@ -809,9 +801,9 @@ def _marks_start(monitor) -> dict[str, Any]:
     return {
         "rss_start_kb": _rss_kb(),
         "maxrss_before_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "cpu": _cpu_seconds(),
+        "cpu": common.cpu_seconds(),
         "backends": _backend_cpu(monitor),
-        "machine": _machine_busy(),
+        "machine": common.machine_busy(),
         "wall": time.perf_counter(),
         "load": os.getloadavg()[0],
     }
@@ -824,10 +816,10 @@ def _marks_end(marks: dict[str, Any], monitor) -> dict[str, Any]:
     noted in ``marks["seen"]`` by pid.
     """
     wall = time.perf_counter() - marks["wall"]
-    cpu = _cpu_seconds() - marks["cpu"]
+    cpu = common.cpu_seconds() - marks["cpu"]
     now = {**marks.get("seen", {}), **_backend_cpu(monitor)}
     backend_cpu = sum(used - marks["backends"].get(pid, 0.0) for pid, used in now.items())
-    machine = _machine_busy() - marks["machine"]
+    machine = common.machine_busy() - marks["machine"]
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "client_cpu_s": round(cpu, 2),

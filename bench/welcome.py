@@ -63,29 +63,15 @@ SERVICE_DIR = Path("/tmp/benchsvc-welcome")
 CPUS = os.cpu_count() or 1
 
 
-def _pg_params(dbname: str) -> dict[str, Any]:
-    return common.pg_params(PG_URL, dbname)
+def _connect(dbname: str = DB) -> Any:
+    return common.connect(PG_URL, dbname, autocommit=True)
 
 
-def _connect(dbname: str = DB):
-    import psycopg
-
-    return psycopg.connect(**_pg_params(dbname), autocommit=True)
-
-
-_cpu_seconds = common.cpu_seconds
-
-
-_machine_busy = common.machine_busy
-
-
-_tree = common.process_tree
+PIDFILES = {"gunicorn": "gunicorn.pid", "celery": "celery-worker.pid"}
 
 
 def _pidfile(name: str) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        return int((SERVICE_DIR / ".data" / "run" / name).read_text().split()[0])
-    return None
+    return common.pidfile(SERVICE_DIR, name)
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -453,12 +439,9 @@ def main() -> None:
         run_script("up.sh", env, log)
         token = create_token(env)
         poller.start()
-        groups = {
-            "gunicorn": _tree(_pidfile("gunicorn.pid") or 0),
-            "celery": _tree(_pidfile("celery-worker.pid") or 0),
-        }
-        cpu0 = {g: {p: _cpu_seconds(p) or 0.0 for p in pids} for g, pids in groups.items()}
-        machine0, load0 = _machine_busy(), os.getloadavg()[0]
+        groups = {g: common.process_tree(_pidfile(name) or 0) for g, name in PIDFILES.items()}
+        cpu0 = {g: {p: common.cpu_seconds(p) or 0.0 for p in pids} for g, pids in groups.items()}
+        machine0, load0 = common.machine_busy(), os.getloadavg()[0]
         self0 = time.process_time()
         total = args.warmup + args.rounds * args.seconds
         print(f"load: {args.rate:.0f} creates/s for {total:.0f} s", flush=True)
@@ -469,13 +452,12 @@ def main() -> None:
         wall = time.monotonic() - start
         cpu = {
             g: sum(
-                (_cpu_seconds(p) or cpu0[g].get(p, 0.0)) - cpu0[g].get(p, 0.0)
-                for p in _tree(_pidfile(f"{'gunicorn' if g == 'gunicorn' else 'celery-worker'}.pid")
-                               or 0)
+                (common.cpu_seconds(p) or cpu0[g].get(p, 0.0)) - cpu0[g].get(p, 0.0)
+                for p in common.process_tree(_pidfile(PIDFILES[g]) or 0)
             )
             for g in groups
         }  # fmt: skip
-        machine = _machine_busy() - machine0
+        machine = common.machine_busy() - machine0
         stop.set()
         report = results.get(timeout=args.drain + 60)
         if "error" in report:
