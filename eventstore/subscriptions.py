@@ -172,10 +172,6 @@ def ensure_checkpoint(subscriber: Subscriber, using: str = "default") -> None:
     )
 
 
-def checkpoint_cursor(checkpoint: Checkpoint) -> Cursor:
-    return Cursor(checkpoint.cursor_transaction_id, checkpoint.cursor_position)
-
-
 def advance(
     name: str, cursor: Cursor, processed: int, last: RecordedEvent | None, using: str
 ) -> None:

@@ -35,6 +35,16 @@ def recheck_key(name: str) -> str:
     return f"eventstore:recheck:{name}"
 
 
+def _set(key: str, ttl: int) -> bool:
+    """SET NX on a kept client: Django's cache.add costs twice the CPU (a new client per
+    call), and every commit comes here once per subscriber. Raises if Redis is down."""
+    return bool(redis_client(cache).set(cache.make_and_validate_key(key), 1, nx=True, ex=ttl))
+
+
+def _delete(key: str) -> None:
+    redis_client(cache).delete(cache.make_and_validate_key(key))
+
+
 def send_once(
     key: str,
     task: Any,
@@ -49,12 +59,7 @@ def send_once(
     Returns whether a task was queued by this call; ``what`` names it in the log.
     """
     try:
-        # SET NX on a kept client: Django's cache.add costs twice the CPU (a new client
-        # per call), and every commit comes here once per subscriber.
-        marked = redis_client(cache).set(
-            cache.make_and_validate_key(key), 1, nx=True, ex=KEY_TTL_SECONDS + int(countdown)
-        )
-        if not marked:
+        if not _set(key, KEY_TTL_SECONDS + int(countdown)):
             return False
         if countdown > 0:
             task.apply_async(args, kwargs, countdown=countdown)
@@ -64,7 +69,7 @@ def send_once(
     except Exception as exc:  # the broker or Redis is down: the safety net covers it
         logger.warning("could not queue %s (%s); the safety net will", what or key, exc)
         with contextlib.suppress(Exception):
-            redis_client(cache).delete(cache.make_and_validate_key(key))
+            _delete(key)
         return False
 
 
@@ -72,7 +77,7 @@ def mark(key: str) -> None:
     """Set ``key`` without queueing anything: the caller itself will do what it stands
     for, so wake-ups meanwhile need not queue a task. Never raises."""
     try:
-        redis_client(cache).set(cache.make_and_validate_key(key), 1, nx=True, ex=KEY_TTL_SECONDS)
+        _set(key, KEY_TTL_SECONDS)
     except Exception as exc:
         logger.warning("could not set %s: %s", key, exc)
 
@@ -80,7 +85,7 @@ def mark(key: str) -> None:
 def clear(key: str) -> None:
     """Called by the task as it starts: from now on, new work queues a new task."""
     try:
-        redis_client(cache).delete(cache.make_and_validate_key(key))
+        _delete(key)
     except Exception as exc:
         logger.warning("could not clear %s: %s", key, exc)
 
