@@ -360,6 +360,29 @@ def _run_batched(
         pending = pending[len(done) + len(failed) :]
 
 
+def run_opened(
+    saga_type: str, keys: list[str], steps: dict[str, Step], batched: set[str] | frozenset[str]
+) -> int:
+    """Run the due batched steps of these instances now, in this process, as the runner
+    would (same locks, same transactions): for a subscriber that has just committed the
+    instances, so they need not wait for a runner task. Returns the instances run; what
+    is left (busy elsewhere, changed meanwhile, failed) stays the runner's."""
+    ids = list(
+        SagaInstance.objects.filter(
+            saga_type=saga_type,
+            correlation_key__in=keys,
+            status__in=_OPEN,
+            step__in=batched,
+            next_attempt_at__lte=timezone.now(),
+        ).values_list("pk", flat=True)
+    )
+    if not ids:
+        return 0
+    with _instance_locks(ids) as (locked, session):
+        _run_batched(locked, steps, set(batched), session)
+    return len(locked)
+
+
 def run_due(
     steps: dict[str, Step],
     *,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import timedelta
+from typing import ClassVar
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
@@ -47,6 +48,14 @@ class WelcomeSaga(ProcessManager):
     """
 
     name = "welcome-saga"
+    # A welcome that is due as its instance opens (no delay, or a feed running late) is
+    # issued by this process right after the batch commits, not by a runner task that
+    # may be queued behind other tasks or busy with emails. Not in the batch's own
+    # transaction: that would hold the row locks of the instances the batch moves (those
+    # the runner is saving sent emails on) for as long as the welcomes take.
+    welcomes_when_due: ClassVar[bool] = True
+    # Batches no larger than one transaction of welcomes (see ``steps.BATCH_MAX_INSTANCES``).
+    batch_size = steps.BATCH_MAX_INSTANCES
 
     def handle_batch(self, events: list[RecordedEvent]) -> None:
         keys = {str(event.data.user_id) for event in events}
@@ -60,6 +69,11 @@ class WelcomeSaga(ProcessManager):
             for event in events:
                 self.dispatch(event, batch)
             batch.save()
+            if self.welcomes_when_due and batch.created:
+                opened = [instance.correlation_key for instance in batch.created]
+                transaction.on_commit(
+                    lambda: steps.run_opened(SAGA_TYPE, opened, STEPS, BATCHED_STEPS), robust=True
+                )
 
     @handles(UserCreated)
     def started(self, batch: _Batch, event: RecordedEvent) -> None:

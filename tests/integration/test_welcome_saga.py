@@ -24,6 +24,13 @@ from users.commands import CreateUser, DeleteUser
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture
+def runner_welcomes(monkeypatch) -> None:
+    """Leave the welcome step to the runner, as when the delay is still running when the
+    saga's subscriber opens the instance (tests of the runner's own welcome path)."""
+    monkeypatch.setattr(welcome.WelcomeSaga, "welcomes_when_due", False)
+
+
 def create_user(email: str | None = None) -> uuid.UUID:
     result = handlers.handle(
         CreateUser(
@@ -91,7 +98,7 @@ def test_deleted_before_the_delay_is_cancelled(settings) -> None:
     assert mail.outbox == []
 
 
-def test_deleted_while_the_step_runs_cancels_without_welcome() -> None:
+def test_deleted_while_the_step_runs_cancels_without_welcome(runner_welcomes) -> None:
     user_id = create_user()
     run_saga_subscriber()
     handlers.handle(DeleteUser(user_id=user_id))  # the saga has not seen it yet
@@ -101,7 +108,9 @@ def test_deleted_while_the_step_runs_cancels_without_welcome() -> None:
     assert mail.outbox == []
 
 
-def test_the_same_user_created_twice_and_racing_steps_welcome_once(threads) -> None:
+def test_the_same_user_created_twice_and_racing_steps_welcome_once(
+    threads, runner_welcomes
+) -> None:
     user_id = create_user()
     created = store.read_stream(f"user-{user_id}")[0]
     saga = subscriptions.get("welcome-saga")
@@ -123,10 +132,9 @@ def test_email_failing_twice_then_working_sends_one(settings) -> None:
     settings.EMAIL_BACKEND = "tests.testapp.mail.FlakyBackend"
     FlakyBackend.failures_left = 2
     user_id = create_user()
-    run_saga_subscriber()
-    welcome.run(instance_for(user_id).pk)
-    run_saga_subscriber()  # sees UserWelcomed: now the email step
+    run_saga_subscriber()  # welcomes in its batch: now the email step
     instance = instance_for(user_id)
+    assert (instance.step, welcomes(user_id)) == ("send_email", 1)
     for attempt in (1, 2):
         assert welcome.run(instance.pk) == "failed attempt"
         instance.refresh_from_db()
@@ -161,14 +169,72 @@ def test_causation_and_correlation_along_the_chain() -> None:
     assert instance.status == "completed"
 
 
+def test_a_due_welcome_is_issued_as_its_batch_commits_and_the_runner_sends_the_email(
+    threads,
+) -> None:
+    """With no delay, the process that ran the saga's batch welcomes right after it
+    commits (one transaction for the lot, not the batch's own); the emails are the
+    runner's. A runner racing for the same instances changes nothing."""
+    users = [create_user() for _ in range(5)]
+    run_saga_subscriber()
+    assert [instance_for(u).step for u in users] == ["send_email"] * 5
+    assert [welcomes(u) for u in users] == [1] * 5
+    assert len(_welcomed_transactions(users)) == 1
+    assert mail.outbox == []  # never from the subscriber
+
+    threads(2, lambda i: welcome.run_due())
+    assert [instance_for(u).status for u in users] == ["completed"] * 5
+    assert [welcomes(u) for u in users] == [1] * 5
+    assert len(mail.outbox) == 5
+    run_saga_subscriber()  # sees the UserWelcomed events: records them, issues nothing
+    assert [welcomes(u) for u in users] == [1] * 5
+    assert all(len(instance_for(u).handled_events) == 2 for u in users)
+    assert len(mail.outbox) == 5
+
+
+def test_a_welcome_failing_as_its_batch_commits_is_undone_alone_and_retried_by_the_runner(
+    monkeypatch,
+) -> None:
+    users = [create_user() for _ in range(3)]
+    broken = str(users[1])
+
+    def welcome_or_fail_after_appending(instance: SagaInstance) -> None:
+        welcome.welcome_step(instance)
+        if instance.correlation_key == broken:
+            raise RuntimeError("failed after its append")
+
+    monkeypatch.setitem(welcome.STEPS, welcome.WELCOME, welcome_or_fail_after_appending)
+    run_saga_subscriber()
+    assert [welcomes(u) for u in users] == [1, 0, 1]
+    failed = instance_for(users[1])
+    assert (failed.status, failed.step, failed.attempts) == ("waiting", "welcome", 1)
+    assert "failed after its append" in failed.last_error
+    assert failed.next_attempt_at > timezone.now()  # backing off, like any failed step
+
+    monkeypatch.setitem(welcome.STEPS, welcome.WELCOME, welcome.welcome_step)
+    SagaInstance.objects.filter(pk=failed.pk).update(next_attempt_at=timezone.now())
+    assert welcome.run_due() == 3
+    assert [welcomes(u) for u in users] == [1, 1, 1]
+    assert [instance_for(u).status for u in users] == ["completed"] * 3
+    assert len(mail.outbox) == 3
+
+
+def test_created_and_deleted_in_one_batch_is_cancelled_without_a_welcome() -> None:
+    user_id = create_user()
+    handlers.handle(DeleteUser(user_id=user_id))
+    run_saga_subscriber()  # both events in one batch: the deletion wins
+    assert instance_for(user_id).status == "cancelled"
+    assert welcomes(user_id) == 0
+    assert welcome.run_due() == 0
+    assert mail.outbox == []
+
+
 def test_operator_retry_and_cancel(settings) -> None:
     from sagas import steps
 
     settings.EMAIL_BACKEND = "tests.testapp.mail.FlakyBackend"
     FlakyBackend.failures_left = 100
     user_id = create_user()
-    run_saga_subscriber()
-    welcome.run(instance_for(user_id).pk)
     run_saga_subscriber()
     instance = instance_for(user_id)
     SagaInstance.objects.filter(pk=instance.pk).update(attempts=steps.MAX_ATTEMPTS - 1)
@@ -238,7 +304,9 @@ def test_sagas_command_lists_retries_and_cancels(settings) -> None:
         call_command("sagas", "cancel", "999999")
 
 
-def test_the_runner_takes_every_due_step_and_sends_without_a_transaction_id(settings) -> None:
+def test_the_runner_takes_every_due_step_and_sends_without_a_transaction_id(
+    settings, runner_welcomes
+) -> None:
     settings.EMAIL_BACKEND = "tests.testapp.mail.XidProbeBackend"
     XidProbeBackend.seen = []
     users = [create_user() for _ in range(5)]
@@ -291,7 +359,7 @@ def _welcomed_transactions(user_ids: list[uuid.UUID]) -> set[int]:
 
 
 def test_due_welcomes_share_one_transaction_and_a_failing_one_is_undone_alone(
-    monkeypatch,
+    monkeypatch, runner_welcomes
 ) -> None:
     from sagas import steps
 
@@ -322,7 +390,7 @@ def test_due_welcomes_share_one_transaction_and_a_failing_one_is_undone_alone(
 
 
 def test_an_instance_changed_during_a_batch_rolls_it_back_then_runs_one_by_one(
-    threads, monkeypatch
+    threads, monkeypatch, runner_welcomes
 ) -> None:
     """The subscriber (or an operator) cancels an instance while its batch runs: the batch
     must not commit a welcome for it."""
@@ -355,7 +423,7 @@ def test_an_instance_changed_during_a_batch_rolls_it_back_then_runs_one_by_one(
     assert len(mail.outbox) == 3
 
 
-def test_a_batch_the_database_refuses_runs_one_by_one(monkeypatch) -> None:
+def test_a_batch_the_database_refuses_runs_one_by_one(monkeypatch, runner_welcomes) -> None:
     """A deadlock (or any database error) on the batch's save loses no step."""
     from django.db import OperationalError
 
