@@ -380,6 +380,8 @@ def run_opened(
         return 0
     with _instance_locks(ids) as (locked, session):
         _run_batched(locked, steps, set(batched), session)
+    if locked:
+        wake_runner()  # for their next steps (the emails), and anything left over
     return len(locked)
 
 
@@ -426,6 +428,7 @@ def run_turn(
     """
     deadline = time.monotonic() + time_budget
     tried: set[int] = set()
+    busy: set[int] = set()
     ran = 0
     cleared = False
     while True:
@@ -438,6 +441,9 @@ def run_turn(
             # Whoever made the later ones (a subscriber batch, a failed attempt) woke the
             # runner for its earliest only: the runner itself keeps the chain going.
             upcoming = next_due_at(steps)
+            if busy:  # locked elsewhere (a subscriber's process, a slow send): look again
+                soon = timezone.now() + timedelta(seconds=RUNNER_TIME_BUDGET_SECONDS)
+                upcoming = soon if upcoming is None else min(upcoming, soon)
             if upcoming is not None:
                 wake_runner(upcoming)
             return ran, False
@@ -448,6 +454,7 @@ def run_turn(
         tried.update(ids)
         with _instance_locks(ids) as (locked, session):
             ran += len(locked)
+            busy.update(set(ids) - set(locked))
             if batched:
                 _run_batched(locked, steps, set(batched), session)
             for instance in SagaInstance.objects.filter(pk__in=locked).order_by("next_attempt_at"):

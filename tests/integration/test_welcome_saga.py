@@ -219,6 +219,41 @@ def test_a_welcome_failing_as_its_batch_commits_is_undone_alone_and_retried_by_t
     assert len(mail.outbox) == 3
 
 
+def test_a_runner_that_finds_an_instance_busy_looks_again_later(threads, runner_welcomes) -> None:
+    """An instance locked elsewhere (a subscriber's process welcoming it, a slow send) is
+    skipped for the rest of the turn; the turn must leave a later look for it."""
+    import threading
+
+    from django.core.cache import cache
+
+    from sagas import steps
+    from tests.integration.test_celery_wakeups import broker_tasks
+
+    users = [create_user() for _ in range(2)]
+    run_saga_subscriber()
+    held = instance_for(users[0]).pk
+    locked, done = threading.Event(), threading.Event()
+
+    def hold_or_run(i: int) -> int:
+        if i == 0:
+            with steps._instance_lock(held):  # another session holds the first one
+                locked.set()
+                done.wait(30)
+            return 0
+        locked.wait(30)
+        cache.clear()  # forget the wake-ups queued so far (broker queue and keys)
+        try:
+            return welcome.run_due()
+        finally:
+            done.set()
+
+    assert threads(2, hold_or_run) == [0, 1]
+    assert instance_for(users[0]).status == "waiting"  # skipped, and not lost:
+    assert ("sagas.tasks.run_due_saga_steps", "()") in broker_tasks()
+    assert welcome.run_due() == 1
+    assert [instance_for(u).status for u in users] == ["completed"] * 2
+
+
 def test_created_and_deleted_in_one_batch_is_cancelled_without_a_welcome() -> None:
     user_id = create_user()
     handlers.handle(DeleteUser(user_id=user_id))
