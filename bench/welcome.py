@@ -156,6 +156,7 @@ def _poller(poll_ms: float, drain: float, created, stop, results) -> None:
         polls = 0
         horizon = "0"
         early: dict[str, float] = {}  # welcomed before its POST's answer reached us
+        done: set[str] = set()  # a poll can list a stream again until the horizon passes it
         drain_deadline = None
         while True:
             while True:
@@ -193,11 +194,14 @@ def _poller(poll_ms: float, drain: float, created, stop, results) -> None:
             ).fetchone()
             polls += 1
             for stream in rows:
+                if stream in done:
+                    continue
+                done.add(stream)
                 item = pending.pop(stream, None)
                 if item is not None:
                     item["welcomed_seen"] = t
                     seen.append(item)
-                elif not any(stream == f"user-{i['id']}" for i in seen[-50:]):
+                else:
                     early[stream] = t
             pause = interval - (time.monotonic() - t)
             if pause > 0:
