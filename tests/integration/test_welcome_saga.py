@@ -170,21 +170,51 @@ def test_causation_and_correlation_along_the_chain() -> None:
 
 
 def test_a_due_welcome_is_issued_as_its_batch_commits_and_the_runner_sends_the_email(
-    threads,
+    threads, monkeypatch
 ) -> None:
     """With no delay, the process that ran the saga's batch welcomes right after it
     commits (one transaction for the lot, not the batch's own); the emails are the
-    runner's. A runner racing for the same instances changes nothing."""
+    runner's. A runner that comes while those welcomes run leaves them alone and looks
+    again later."""
+    import threading
+
+    from django.core.cache import cache
+
+    from sagas import steps
+
     users = [create_user() for _ in range(5)]
-    run_saga_subscriber()
+    paused, go = threading.Event(), threading.Event()
+
+    def welcome_after_a_pause(instance: SagaInstance) -> None:
+        if not paused.is_set():
+            paused.set()
+            assert go.wait(30)
+        welcome.welcome_step(instance)
+
+    monkeypatch.setitem(welcome.STEPS, welcome.WELCOME, welcome_after_a_pause)
+    monkeypatch.setattr(steps, "BATCH_TRANSACTION_SECONDS", 30.0)  # the pause splits no batch
+
+    def subscriber_or_runner(i: int) -> int:
+        if i == 0:
+            run_saga_subscriber()  # its commit runs the welcomes, here, in this thread
+            return 0
+        assert paused.wait(30)  # the welcomes hold their instances' locks now
+        cache.clear()  # forget the wake-ups queued so far (broker queue and keys)
+        try:
+            return welcome.run_due()
+        finally:
+            go.set()
+
+    assert threads(2, subscriber_or_runner) == [0, 0]  # the runner took none of them up
     assert [instance_for(u).step for u in users] == ["send_email"] * 5
     assert [welcomes(u) for u in users] == [1] * 5
     assert len(_welcomed_transactions(users)) == 1
     assert mail.outbox == []  # never from the subscriber
+    assert _queued_runs() == 1  # the welcomes' wake-up, for the emails
+    assert _queued_runs(delayed=True) == 1  # the runner's later look at what it found busy
 
-    threads(2, lambda i: welcome.run_due())
+    assert welcome.run_due() == 5
     assert [instance_for(u).status for u in users] == ["completed"] * 5
-    assert [welcomes(u) for u in users] == [1] * 5
     assert len(mail.outbox) == 5
     run_saga_subscriber()  # sees the UserWelcomed events: records them, issues nothing
     assert [welcomes(u) for u in users] == [1] * 5
@@ -227,7 +257,6 @@ def test_a_runner_that_finds_an_instance_busy_looks_again_later(threads, runner_
     from django.core.cache import cache
 
     from sagas import steps
-    from tests.integration.test_celery_wakeups import broker_tasks
 
     users = [create_user() for _ in range(2)]
     run_saga_subscriber()
@@ -249,7 +278,7 @@ def test_a_runner_that_finds_an_instance_busy_looks_again_later(threads, runner_
 
     assert threads(2, hold_or_run) == [0, 1]
     assert instance_for(users[0]).status == "waiting"  # skipped, and not lost:
-    assert ("sagas.tasks.run_due_saga_steps", "()") in broker_tasks()
+    assert _queued_runs(delayed=True) == 1
     assert welcome.run_due() == 1
     assert [instance_for(u).status for u in users] == ["completed"] * 2
 
@@ -527,8 +556,8 @@ def test_a_runner_that_loses_its_session_leaves_the_rest_of_its_page(threads) ->
     assert sorted(sends.values()) == [1, 1, 1]
 
 
-def _queued_runs() -> int:
-    """Runs of the saga runner queued to start now (not the delayed ones)."""
+def _queued_runs(*, delayed: bool = False) -> int:
+    """Runs of the saga runner queued to start now (or, with ``delayed``, later)."""
     import json
 
     import redis
@@ -537,11 +566,15 @@ def _queued_runs() -> int:
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     headers = [json.loads(raw)["headers"] for raw in client.lrange("celery", 0, -1)]
     return sum(
-        1 for h in headers if h["task"] == "sagas.tasks.run_due_saga_steps" and not h.get("eta")
+        1
+        for h in headers
+        if h["task"] == "sagas.tasks.run_due_saga_steps" and bool(h.get("eta")) == delayed
     )
 
 
-def test_wake_ups_during_a_turn_queue_no_more_runs_and_its_end_lets_them(monkeypatch) -> None:
+def test_wake_ups_during_a_turn_queue_no_more_runs_and_its_end_lets_them(
+    monkeypatch, runner_welcomes
+) -> None:
     """Each subscriber batch wakes the runner; while a turn finds work they must not queue
     a task each (that found the runner busy), and once it stops they must queue again."""
     from django.core.cache import cache
