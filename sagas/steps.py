@@ -421,10 +421,12 @@ def run_turn(
     ``batched`` names steps whose every effect is in this database: those run many
     instances to a transaction (:func:`_run_batched`) before the rest run one by one.
     An instance is taken up once per turn, so one that stays due (busy elsewhere) cannot
-    keep the runner spinning. The mark of the queued run (``RUNNER_NOW_KEY``) stays set
-    while the turn finds work, so the wake-ups of new steps queue no more tasks; before
-    the turn ends for lack of work it clears the mark and looks once more, so a step
-    that falls due after that look queues a new run.
+    keep a turn spinning; the turn leaves a look ``RUNNER_TIME_BUDGET_SECONDS`` later
+    for it (so one run every half second while, say, a send hangs with its lock). The
+    mark of the queued run (``RUNNER_NOW_KEY``) stays set while the turn finds work, so
+    the wake-ups of new steps queue no more tasks; before the turn ends for lack of work
+    it clears the mark and looks once more, so a step that falls due after that look
+    queues a new run.
     """
     deadline = time.monotonic() + time_budget
     tried: set[int] = set()

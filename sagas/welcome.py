@@ -2,8 +2,10 @@
 
 It is a process manager on the subscription engine, so each event reaches it exactly
 once (the instance row is written in the batch's transaction with the checkpoint).
-Timed and side-effecting work happens in steps (:mod:`sagas.steps`), never inside
-the subscriber, so a delay or a slow mail server never holds up the feed.
+Timed and side-effecting work happens in steps (:mod:`sagas.steps`), never inside the
+batch's transaction, so a delay or a slow mail server never holds up the feed. A welcome
+already due when its instance opens is run by the same process right after the batch
+commits (the runner's way, in transactions of its own); the runner does everything else.
 
 Steps: ``welcome`` (when the delay is over: issue WelcomeUser; its transaction commits
 ``UserWelcomed`` and moves the instance on), then ``send_email``, then completed.
@@ -54,8 +56,6 @@ class WelcomeSaga(ProcessManager):
     # transaction: that would hold the row locks of the instances the batch moves (those
     # the runner is saving sent emails on) for as long as the welcomes take.
     welcomes_when_due: ClassVar[bool] = True
-    # Batches no larger than one transaction of welcomes (see ``steps.BATCH_MAX_INSTANCES``).
-    batch_size = steps.BATCH_MAX_INSTANCES
 
     def handle_batch(self, events: list[RecordedEvent]) -> None:
         keys = {str(event.data.user_id) for event in events}
@@ -71,6 +71,9 @@ class WelcomeSaga(ProcessManager):
             batch.save()
             if self.welcomes_when_due and batch.created:
                 opened = [instance.correlation_key for instance in batch.created]
+                # robust: the batch is committed whatever happens to the welcomes (they
+                # stay due, and the runner was woken for them), so an error there is only
+                # logged; in a Celery task that includes a soft time limit's exception.
                 transaction.on_commit(
                     lambda: steps.run_opened(SAGA_TYPE, opened, STEPS, BATCHED_STEPS), robust=True
                 )
