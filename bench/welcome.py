@@ -501,6 +501,8 @@ def main() -> None:
         stop.set()
         with contextlib.suppress(Exception):
             run_script("down.sh", env, log)
+        if mail_root != workdir:  # memory, in /dev/shm: gone even if the run failed
+            shutil.rmtree(mail_root, ignore_errors=True)
         if poller.is_alive():
             poller.terminate()
     seen = report["seen"]
@@ -587,7 +589,6 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     chart(records, seen, start, result, args.chart)
     shutil.rmtree(workdir, ignore_errors=True)
-    shutil.rmtree(mail_root, ignore_errors=True)
     for r in [*summary["rounds"], overall]:
         print(
             f"  round {r['round']}: {r['creates_per_s_sent']}/s sent "
