@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import resource
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -124,3 +126,14 @@ def save_chart(fig: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def mail_folder(prefix: str) -> Path:
+    """A new folder for the emails a benchmark counts (Django's file backend), removed
+    when the script exits. In memory (``/dev/shm``) where the machine has it: thousands
+    of file creations on the disk share its journal with PostgreSQL's WAL flushes and
+    stalled the whole machine now and then, which a real mail transport would not do."""
+    shm = Path("/dev/shm")
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=shm if shm.is_dir() else None))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder

@@ -490,8 +490,7 @@ def main() -> None:
 
     started = time.time()
     workdir = Path(tempfile.mkdtemp(prefix="bench-http-"))
-    mail_dir = workdir / "mail"
-    mail_dir.mkdir()
+    mail_dir = common.mail_folder("bench-http-mail-")
     log = workdir / "service.log"
     env = _service_env(mail_dir, args.throttle_rate)
     print(f"copying the checkout to {SERVICE_DIR}; preparing {DB!r} and Redis db {REDIS_DB}")

@@ -174,8 +174,8 @@ def main() -> int:
     copy_checkout(service)
     prepare_servers(args.db, args.redis_db)
     work = service / ".data/soak"
-    mail_dir = work / "mail"
-    mail_dir.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
+    mail_dir = common.mail_folder("bench-soak-mail-")
     env = service_env(args, mail_dir)
     log = work / "service.log"
     python = str(service / ".venv/bin/python")

@@ -443,15 +443,7 @@ def main() -> None:
 
     started = time.time()
     workdir = Path(tempfile.mkdtemp(prefix="bench-welcome-"))
-    # The emails are files only so that they can be counted: in memory (tmpfs) where the
-    # machine has it, so that 6,500 file creations do not share the disk's journal with
-    # PostgreSQL's WAL flushes, which a real mail transport would not.
-    shm = Path("/dev/shm")
-    mail_root = (
-        Path(tempfile.mkdtemp(prefix="bench-welcome-mail-", dir=shm)) if shm.is_dir() else workdir
-    )
-    mail_dir = mail_root / "mail"
-    mail_dir.mkdir()
+    mail_dir = common.mail_folder("bench-welcome-mail-")
     log = workdir / "service.log"
     env = _service_env(mail_dir)
     print(f"copying the checkout to {SERVICE_DIR}; preparing {DB!r} and Redis db {REDIS_DB}")
@@ -501,8 +493,6 @@ def main() -> None:
         stop.set()
         with contextlib.suppress(Exception):
             run_script("down.sh", env, log)
-        if mail_root != workdir:  # memory, in /dev/shm: gone even if the run failed
-            shutil.rmtree(mail_root, ignore_errors=True)
         if poller.is_alive():
             poller.terminate()
     seen = report["seen"]
