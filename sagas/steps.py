@@ -22,12 +22,12 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Min
+from django.db.models import Min, QuerySet
 from django.utils import timezone
 
 from eventstore import wakeups
@@ -206,17 +206,16 @@ def _record_failure(instance_id: int, seen: tuple[str, str], exc: Exception) -> 
     return "failed attempt"
 
 
+def _due(step_names: Iterable[str]) -> QuerySet[SagaInstance]:
+    """Open instances at one of these steps, due now, the longest waiting first."""
+    return SagaInstance.objects.filter(
+        status__in=_OPEN, step__in=list(step_names), next_attempt_at__lte=timezone.now()
+    ).order_by("next_attempt_at")
+
+
 def due_instances(steps: dict[str, Step], limit: int = 500) -> list[int]:
     """Open instances whose step is due, the longest waiting first."""
-    return list(
-        SagaInstance.objects.filter(
-            status__in=_OPEN,
-            step__in=list(steps),
-            next_attempt_at__lte=timezone.now(),
-        )
-        .order_by("next_attempt_at")
-        .values_list("pk", flat=True)[:limit]
-    )
+    return list(_due(steps).values_list("pk", flat=True)[:limit])
 
 
 def next_due_at(steps: dict[str, Step]) -> datetime | None:
@@ -325,11 +324,7 @@ def _run_batched(
     say), the whole transaction rolls back and the caller runs what is left one by one,
     where :func:`_run_one` sorts it out.
     """
-    pending = list(
-        SagaInstance.objects.filter(
-            pk__in=ids, status__in=_OPEN, step__in=batched, next_attempt_at__lte=timezone.now()
-        ).order_by("next_attempt_at")
-    )
+    pending = list(_due(batched).filter(pk__in=ids))
     while pending and connection.connection is session:
         deadline = time.monotonic() + BATCH_TRANSACTION_SECONDS
         done: list[tuple[SagaInstance, tuple[str, str]]] = []
@@ -368,13 +363,9 @@ def run_opened(
     instances, so they need not wait for a runner task. Returns the instances run; what
     is left (busy elsewhere, changed meanwhile, failed) stays the runner's."""
     ids = list(
-        SagaInstance.objects.filter(
-            saga_type=saga_type,
-            correlation_key__in=keys,
-            status__in=_OPEN,
-            step__in=batched,
-            next_attempt_at__lte=timezone.now(),
-        ).values_list("pk", flat=True)
+        _due(batched)
+        .filter(saga_type=saga_type, correlation_key__in=keys)
+        .values_list("pk", flat=True)
     )
     if not ids:
         return 0
