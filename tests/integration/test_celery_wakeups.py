@@ -111,16 +111,21 @@ def test_appends_while_redis_is_down_are_processed_when_it_returns(tmp_path) -> 
         redis.stop()
 
 
-def broker_tasks() -> list[tuple[str, str]]:
-    """(task name, args) of every message waiting in the broker's default queue."""
+def broker_headers() -> list[dict]:
+    """The headers (task, argsrepr, eta...) of every message waiting in the broker's
+    default queue."""
     import json
 
     import redis
     from django.conf import settings
 
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    headers = [json.loads(raw)["headers"] for raw in client.lrange("celery", 0, -1)]
-    return [(h["task"], h["argsrepr"]) for h in headers]
+    return [json.loads(raw)["headers"] for raw in client.lrange("celery", 0, -1)]
+
+
+def broker_tasks() -> list[tuple[str, str]]:
+    """(task name, args) of every message waiting in the broker's default queue."""
+    return [(h["task"], h["argsrepr"]) for h in broker_headers()]
 
 
 def test_a_burst_of_appends_queues_one_wake_up_per_subscriber() -> None:

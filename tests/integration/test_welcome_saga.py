@@ -558,16 +558,11 @@ def test_a_runner_that_loses_its_session_leaves_the_rest_of_its_page(threads) ->
 
 def _queued_runs(*, delayed: bool = False) -> int:
     """Runs of the saga runner queued to start now (or, with ``delayed``, later)."""
-    import json
+    from tests.integration.test_celery_wakeups import broker_headers
 
-    import redis
-    from django.conf import settings
-
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    headers = [json.loads(raw)["headers"] for raw in client.lrange("celery", 0, -1)]
     return sum(
         1
-        for h in headers
+        for h in broker_headers()
         if h["task"] == "sagas.tasks.run_due_saga_steps" and bool(h.get("eta")) == delayed
     )
 
@@ -628,11 +623,8 @@ def test_a_turn_out_of_time_and_the_sweep_queue_a_run_despite_the_mark() -> None
 def test_tasks_that_find_the_runner_busy_leave_one_later_look_between_them() -> None:
     """Each busy task used to queue its own delayed run, and each of those, busy again,
     another: while a long turn ran they piled up (12 a second in the welcome benchmark)."""
-    import json
     import threading
 
-    import redis
-    from django.conf import settings
     from django.core.cache import cache
     from django.db import connections
 
@@ -656,13 +648,7 @@ def test_tasks_that_find_the_runner_busy_leave_one_later_look_between_them() -> 
         for _ in range(3):
             assert run_due_saga_steps() == 0  # busy
             time.sleep(0.15)  # past the 0.1 s slots delayed runs were grouped in
-        client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-        delayed = [
-            h
-            for h in (json.loads(raw)["headers"] for raw in client.lrange("celery", 0, -1))
-            if h["task"] == "sagas.tasks.run_due_saga_steps" and h.get("eta")
-        ]
-        assert len(delayed) == 1
+        assert _queued_runs(delayed=True) == 1
     finally:
         release.set()
         runner.join(10)
