@@ -8,6 +8,7 @@ the rate limit is one Redis INCR per request, with DRF's 429 and Retry-After.
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,10 +23,11 @@ from rest_framework.test import APIClient
 from rest_framework.throttling import UserRateThrottle
 
 from config.throttling import redis_client
+from eventstore.models import Stream
 from tests.e2e.helpers import assert_problem, new_user, project
 from users import authentication
 from users.authentication import forget_checked_tokens, issue_token
-from users.models import ApiToken, UserRecord
+from users.models import ApiToken, EmailReservation, UserRecord
 from users.serializers import UserSerializer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -83,6 +85,33 @@ class TestUserDetail:
         body = assert_problem(api.get(f"/v1/users/{missing}?wait_for=0"), 400)
         assert "wait_for" in body["errors"]
         assert_problem(api.get(f"/v1/users/{missing}?bogus=1"), 400)
+
+
+class TestUserCreate:
+    def test_statements_of_a_create(self, api) -> None:
+        new_user(api)  # checks the token
+        with CaptureQueriesContext(connection) as queries:
+            new_user(api)
+        # Django's cursor sees all but the append (a psycopg cursor of its own, between
+        # the savepoint and its release): the append keeps its savepoint, which lets it
+        # tell a re-send from a conflict in the same transaction; the email reservation
+        # needs none, since a clash aborts the whole command.
+        statements = [q["sql"].split()[0].upper() for q in queries]
+        assert statements == ["BEGIN", "SAVEPOINT", "RELEASE", "INSERT", "COMMIT"], [
+            q["sql"] for q in queries
+        ]
+        assert '"users_email_reservation"' in queries[3]["sql"]
+
+    def test_a_taken_email_rolls_the_whole_command_back(self, api) -> None:
+        first = new_user(api, email="taken@example.org")
+        response = api.post(
+            "/v1/users",
+            {"email": "Taken@Example.org", "first_name": "Other", "last_name": "User"},
+            format="json",
+        )
+        assert_problem(response, 409)
+        assert Stream.objects.filter(category="user").count() == 1
+        assert EmailReservation.objects.get().user_id == uuid.UUID(first["id"])
 
 
 class TestTokenRevocation:
