@@ -1,0 +1,94 @@
+"""The connection health check: no round trip on a quiet connection, a new session when
+the server ended the old one (config/postgres/base.py), against the real server."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+from django.db import OperationalError, connection
+from django.db.backends.postgresql import base as django_postgres
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def backend_pid() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def next_request() -> None:
+    """What Django does at the start and end of every request (close_old_connections)."""
+    connection.close_if_unusable_or_obsolete()
+
+
+def terminate(pid: int) -> None:
+    """End a session from another connection, as a server restart or an operator would."""
+    params = connection.get_connection_params()
+    with psycopg.connect(**params, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        deadline = time.monotonic() + 5
+        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone():
+            assert time.monotonic() < deadline, f"backend {pid} still runs"
+            time.sleep(0.01)
+
+
+@pytest.fixture
+def health_checks(monkeypatch) -> list[str]:
+    """The SELECT 1 checks Django makes, with health checks on as in production."""
+    assert connection.settings_dict["ENGINE"] == "config.postgres"
+    backend_pid()  # connected
+    assert connection.health_check_enabled
+    checks: list[str] = []
+    original = django_postgres.DatabaseWrapper.is_usable
+
+    def counting_is_usable(self: django_postgres.DatabaseWrapper) -> bool:
+        checks.append(self.alias)
+        return original(self)
+
+    monkeypatch.setattr(django_postgres.DatabaseWrapper, "is_usable", counting_is_usable)
+    return checks
+
+
+def test_a_quiet_connection_is_reused_without_a_round_trip(health_checks) -> None:
+    pid = backend_pid()
+    for _ in range(3):
+        next_request()
+        assert backend_pid() == pid
+    assert health_checks == []
+
+
+def test_a_terminated_session_is_replaced_before_the_first_query(health_checks) -> None:
+    pid = backend_pid()
+    next_request()
+    terminate(pid)
+    assert backend_pid() != pid  # no error: the check saw the socket and reconnected
+    assert health_checks == ["default"]
+
+
+def test_without_the_check_the_same_termination_fails_the_query(health_checks) -> None:
+    connection.health_check_enabled = False  # until the next connect reads the setting
+    pid = backend_pid()
+    next_request()
+    terminate(pid)
+    with pytest.raises(OperationalError):
+        backend_pid()
+    next_request()  # Django drops the broken connection at the end of the request
+    assert backend_pid() != pid
+
+
+def test_a_message_nobody_asked_for_gets_the_full_check(health_checks) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("LISTEN health_check_test")
+    pid = backend_pid()
+    params = connection.get_connection_params()
+    with psycopg.connect(**params, autocommit=True) as other:
+        other.execute("NOTIFY health_check_test")
+    time.sleep(0.1)  # the notification reaches the socket
+    next_request()
+    assert backend_pid() == pid  # SELECT 1 passed: the same session is kept
+    assert health_checks == ["default"]
+    with connection.cursor() as cursor:
+        cursor.execute("UNLISTEN *")
