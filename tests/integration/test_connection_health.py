@@ -1,5 +1,6 @@
-"""The connection health check: no round trip on a quiet connection, a new session when
-the server ended the old one (config/postgres/base.py), against the real server."""
+"""The service's PostgreSQL sessions, against the real server: the health check costs no
+round trip on a quiet connection and replaces a session the server ended
+(config/postgres/base.py); sessions run without JIT compilation (config/settings.py)."""
 
 from __future__ import annotations
 
@@ -92,3 +93,10 @@ def test_a_message_nobody_asked_for_gets_the_full_check(health_checks) -> None:
     assert health_checks == ["default"]
     with connection.cursor() as cursor:
         cursor.execute("UNLISTEN *")
+
+
+def test_sessions_run_without_jit_compilation() -> None:
+    """The lag count would otherwise be compiled on a large feed (config/settings.py)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW jit")
+        assert cursor.fetchone()[0] == "off"
