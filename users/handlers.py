@@ -51,8 +51,8 @@ def _load(user_id: uuid.UUID, expected_version: int | None = None) -> User:
 def _reserve_email(email: str, user_id: uuid.UUID) -> None:
     """Claim ``email`` for ``user_id``; waits for a concurrent claim to commit or roll back.
 
-    No savepoint (two round trips on every write): a clash ends the command, so the
-    enclosing transaction is rolled back whole and never used after the error.
+    No savepoint (two more round trips per create or email change): a clash ends the
+    command, so the enclosing transaction is rolled back whole, never used after the error.
     """
     try:
         with transaction.atomic(savepoint=False):
