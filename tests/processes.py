@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +34,14 @@ def test_database_url() -> str:
     if host.startswith("/"):
         return f"postgres://{user}{password}@/{s['NAME']}?host={host}"
     return f"postgres://{user}{password}@{host}:{s.get('PORT') or 5432}/{s['NAME']}"
+
+
+def raw_connection() -> psycopg.Connection:
+    """A connection of its own, outside Django, to the same test database."""
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    return psycopg.connect(**params, autocommit=True)
 
 
 def child_env(**overrides: str) -> dict[str, str]:

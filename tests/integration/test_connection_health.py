@@ -7,10 +7,11 @@ from __future__ import annotations
 import select
 import time
 
-import psycopg
 import pytest
 from django.db import OperationalError, connection
 from django.db.backends.postgresql import base as django_postgres
+
+from tests.processes import raw_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,8 +29,7 @@ def next_request() -> None:
 
 def terminate(pid: int) -> None:
     """End a session from another connection, as a server restart or an operator would."""
-    params = connection.get_connection_params()
-    with psycopg.connect(**params, autocommit=True) as admin:
+    with raw_connection() as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", [pid])
         for _ in range(500):  # the backend exits asynchronously
             if not admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone():
@@ -86,8 +86,7 @@ def test_a_message_nobody_asked_for_gets_the_full_check(health_checks) -> None:
     with connection.cursor() as cursor:
         cursor.execute("LISTEN health_check_test")
     pid = backend_pid()
-    params = connection.get_connection_params()
-    with psycopg.connect(**params, autocommit=True) as other:
+    with raw_connection() as other:
         other.execute("NOTIFY health_check_test")
     readable, _, _ = select.select([connection.connection.fileno()], [], [], 5)
     assert readable, "the notification never reached the socket"

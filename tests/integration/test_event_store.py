@@ -27,20 +27,13 @@ from eventstore.signals import events_appended
 from eventstore.store import ANY, NO_STREAM, STREAM_EXISTS, NewEvent
 from tests.conftest import settle
 from tests.events import Noted, Priced, Renamed
+from tests.processes import raw_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def new_stream() -> str:
     return f"test-{uuid.uuid4()}"
-
-
-def raw_connection() -> psycopg.Connection:
-    """A connection of its own, outside Django, to the same test database."""
-    params = connection.get_connection_params()
-    params.pop("cursor_factory", None)
-    params.pop("context", None)
-    return psycopg.connect(**params, autocommit=True)
 
 
 def versions(stream_id: str) -> list[int]:
