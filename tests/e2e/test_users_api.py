@@ -227,6 +227,23 @@ class TestUpdates:
         )
         assert_problem(taken, 409)
 
+    def test_a_change_to_a_taken_email_changes_nothing(self, api) -> None:
+        new_user(api, email="taken@example.com")
+        user = new_user(api, email="mine@example.com")
+        response = api.patch(
+            f"/v1/users/{user['id']}",
+            {"email": "TAKEN@example.com", "first_name": "Changed"},
+            format="json",
+        )
+        assert_problem(response, 409)
+        assert store.stream_version(f"user-{user['id']}") == 0  # nothing recorded
+        still_mine = api.post(
+            "/v1/users",
+            {"email": "mine@example.com", "first_name": "A", "last_name": "B"},
+            format="json",
+        )
+        assert_problem(still_mine, 409)  # the old reservation was not released
+
 
 class TestDelete:
     def test_delete_then_everything_else_is_409(self, api) -> None:
