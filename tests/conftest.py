@@ -111,7 +111,10 @@ def _clear_cache() -> Iterator[None]:
     """Throttle counters and wake-up keys live in Redis; start each test clean."""
     from django.core.cache import cache
 
+    from config.throttling import forget_leases
+
     cache.clear()
+    forget_leases()
     return
 
 

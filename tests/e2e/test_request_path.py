@@ -2,11 +2,15 @@
 
 GET /v1/users/{id} runs one query once the token is known; a token a process has checked
 is trusted for API_TOKEN_CACHE_SECONDS at most (revocation in that process is immediate);
-the rate limit is one Redis INCR per request, with DRF's 429 and Retry-After.
+the rate limit costs one Redis round trip per lease of requests, never admits more than
+the limit across processes, and answers DRF's 429 with Retry-After.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -22,9 +26,11 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.test import APIClient
 from rest_framework.throttling import UserRateThrottle
 
-from config.throttling import redis_client
+from config import throttling
+from config.throttling import LEASE_MAX, lease_size, redis_client
 from eventstore.models import Stream
 from tests.e2e.helpers import assert_problem, new_user, project
+from tests.processes import ROOT, child_env, wait_for
 from users import authentication
 from users.authentication import forget_checked_tokens, issue_token
 from users.models import ApiToken, EmailReservation, UserRecord
@@ -173,6 +179,51 @@ class TestTokenRevocation:
             assert staff.get("/v1/events").status_code == 200
 
 
+RACER = """
+import json, sys, time
+import django
+django.setup()
+from django.core.cache import cache
+from config import throttling
+
+go, limit, attempts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+round_trips = 0
+reserve = throttling._RESERVE
+
+def counted(*args, **kwargs):
+    global round_trips
+    round_trips += 1
+    return reserve(*args, **kwargs)
+
+throttling._RESERVE = counted
+
+class Racer(throttling.UserRateThrottle):
+    rate = f"{limit}/min"
+
+    def get_cache_key(self, request, view):
+        return "throttle_window_user_racer"
+
+client = throttling.redis_client(cache)
+print("ready", flush=True)
+while not client.exists(go):
+    time.sleep(0.001)
+first = time.monotonic()
+admitted = 0
+for _ in range(attempts):
+    admitted += Racer().allow_request(None, None)
+    time.sleep(0.0005)  # spread the attempts, so that the processes overlap
+last = time.monotonic()
+print(json.dumps({"admitted": admitted, "round_trips": round_trips, "first": first, "last": last}))
+"""
+
+
+class ThreadRacer(throttling.UserRateThrottle):
+    rate = "1000/min"
+
+    def get_cache_key(self, request: Any, view: Any) -> str:
+        return "throttle_window_user_threads"
+
+
 class TestThrottle:
     @pytest.fixture
     def rate(self, monkeypatch) -> Any:
@@ -183,20 +234,92 @@ class TestThrottle:
 
         return set_rate
 
-    def test_one_redis_round_trip_per_request(self, api, monkeypatch) -> None:
-        assert api.get("/v1/users").status_code == 200  # the window's first request
+    def test_one_redis_round_trip_per_lease(self, api, rate, monkeypatch) -> None:
+        rate(6000, 60)  # the default: leases of LEASE_MAX for two-thirds of a window
+        assert api.get("/v1/users").status_code == 200  # reserves the window's first lease
         sent: list[bytes] = []
         original = AbstractConnection.send_packed_command
 
         def counting(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
-            sent.append(command)
+            sent.append(command if isinstance(command, bytes) else b"".join(map(bytes, command)))
             return original(self, command, check_health)
 
         monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+        for _ in range(2 * LEASE_MAX):
+            assert api.get("/v1/users").status_code == 200
+        # The first lease served LEASE_MAX requests; two more leases serve the rest, one
+        # script call (INCRBY and PTTL at once) each.
+        assert len(sent) == 2, sent
+        assert all(b"EVALSHA" in c for c in sent), sent
+
+    def test_leases_are_reserved_in_the_counter_and_end_with_the_window(
+        self, api, client_user, rate
+    ) -> None:
+        rate(200, 3)  # a lease of 200 // 64 = 3 requests
+        key = cache.make_and_validate_key(f"throttle_window_user_{client_user.pk}")
+        client = redis_client(cache)
         assert api.get("/v1/users").status_code == 200
-        assert len(sent) == 1, sent
-        packed = sent[0] if isinstance(sent[0], bytes) else b"".join(map(bytes, sent[0]))
-        assert b"INCR" in packed
+        assert int(client.get(key)) == 3
+        assert 0 < client.pttl(key) <= 3000
+        assert [api.get("/v1/users").status_code for _ in range(2)] == [200, 200]
+        assert int(client.get(key)) == 3  # served from the lease
+        assert api.get("/v1/users").status_code == 200
+        assert int(client.get(key)) == 6  # the next lease
+        wait_for(lambda: not client.exists(key), 5, "the window to end")
+        # Two requests of the lease are left, but their window is over: ask Redis again.
+        assert api.get("/v1/users").status_code == 200
+        assert int(client.get(key)) == 3
+
+    def test_processes_racing_for_one_window_never_exceed_the_limit(self) -> None:
+        limit, processes, attempts = 1000, 3, 600
+        go = f"throttle-race-go-{uuid.uuid4()}"
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", RACER, go, str(limit), str(attempts)],
+                cwd=ROOT,
+                env=child_env(),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(processes)
+        ]
+        try:
+            for child in children:
+                assert child.stdout.readline().strip() == "ready"
+            redis_client(cache).set(go, 1)
+            results = [json.loads(child.communicate(timeout=60)[0]) for child in children]
+        finally:
+            for child in children:
+                child.kill()
+        # They raced: every process was still trying when every other had started.
+        assert max(r["first"] for r in results) < min(r["last"] for r in results), results
+        admitted = sum(r["admitted"] for r in results)
+        # Never more than the limit; less only by what the others held unused when the
+        # window ran out (less than one lease each).
+        assert limit - processes * lease_size(limit, 0) <= admitted <= limit, results
+        # Each refusal asks Redis; the admissions took far fewer round trips than requests.
+        refused = processes * attempts - admitted
+        assert sum(r["round_trips"] for r in results) - refused < admitted / 3, results
+
+    def test_threads_of_one_process_admit_exactly_the_limit(self, threads, monkeypatch) -> None:
+        """Threads reserving at once add their leases together: none is lost."""
+        reserve = throttling._RESERVE
+
+        def slow_reserve(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.002)  # a slow round trip: threads pile up reserving at once
+            return reserve(*args, **kwargs)
+
+        monkeypatch.setattr(throttling, "_RESERVE", slow_reserve)
+
+        def attempt(_: int) -> int:
+            admitted = 0
+            for _ in range(300):
+                admitted += ThreadRacer().allow_request(None, None)
+                time.sleep(0.0005)  # let the other threads in between
+            return admitted
+
+        results = threads(8, attempt)
+        assert sum(results) == 1000, results
 
     def test_429_with_retry_after_then_a_new_window(self, api, rate) -> None:
         rate(2, 3)
@@ -235,12 +358,13 @@ class TestThrottle:
         assert 0 < int(response["Retry-After"]) <= 60
         assert 0 < client.pttl(key) <= 60_000
 
-    def test_the_counter_is_an_integer_with_an_expiry(self, api, client_user) -> None:
+    def test_the_counter_is_an_integer_with_an_expiry(self, api, client_user, rate) -> None:
+        rate(6000, 60)
         api.get("/v1/users")
         api.get("/v1/users")
         key = cache.make_and_validate_key(f"throttle_window_user_{client_user.pk}")
         client = redis_client(cache)
-        assert int(client.get(key)) == 2
+        assert int(client.get(key)) == LEASE_MAX  # one lease reserved
         assert 0 < client.pttl(key) <= 60_000
         # Nothing of DRF's timestamp list is written any more.
         assert not client.exists(cache.make_and_validate_key(f"throttle_user_{client_user.pk}"))
