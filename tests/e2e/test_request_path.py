@@ -179,14 +179,25 @@ class TestTokenRevocation:
             assert staff.get("/v1/events").status_code == 200
 
 
-RACER = """
+class Racer(throttling.UserRateThrottle):
+    """One client's limit, checked outside any request by the racing tests below."""
+
+    rate = "1000/min"
+
+    def get_cache_key(self, request: Any, view: Any) -> str:
+        return "throttle_window_user_racer"
+
+
+# A process of its own racing for Racer's window; prints what it admitted.
+RACING_PROCESS = """
 import json, sys, time
 import django
 django.setup()
 from django.core.cache import cache
 from config import throttling
+from tests.e2e.test_request_path import Racer
 
-go, limit, attempts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+go, attempts = sys.argv[1], int(sys.argv[2])
 round_trips = 0
 reserve = throttling._RESERVE
 
@@ -196,13 +207,6 @@ def counted(*args, **kwargs):
     return reserve(*args, **kwargs)
 
 throttling._RESERVE = counted
-
-class Racer(throttling.UserRateThrottle):
-    rate = f"{limit}/min"
-
-    def get_cache_key(self, request, view):
-        return "throttle_window_user_racer"
-
 client = throttling.redis_client(cache)
 print("ready", flush=True)
 while not client.exists(go):
@@ -215,13 +219,6 @@ for _ in range(attempts):
 last = time.monotonic()
 print(json.dumps({"admitted": admitted, "round_trips": round_trips, "first": first, "last": last}))
 """
-
-
-class ThreadRacer(throttling.UserRateThrottle):
-    rate = "1000/min"
-
-    def get_cache_key(self, request: Any, view: Any) -> str:
-        return "throttle_window_user_threads"
 
 
 class TestThrottle:
@@ -271,11 +268,11 @@ class TestThrottle:
         assert int(client.get(key)) == 3
 
     def test_processes_racing_for_one_window_never_exceed_the_limit(self) -> None:
-        limit, processes, attempts = 1000, 3, 600
+        limit, processes, attempts = Racer().num_requests, 3, 600
         go = f"throttle-race-go-{uuid.uuid4()}"
         children = [
             subprocess.Popen(
-                [sys.executable, "-c", RACER, go, str(limit), str(attempts)],
+                [sys.executable, "-c", RACING_PROCESS, go, str(attempts)],
                 cwd=ROOT,
                 env=child_env(),
                 stdout=subprocess.PIPE,
@@ -314,12 +311,12 @@ class TestThrottle:
         def attempt(_: int) -> int:
             admitted = 0
             for _ in range(300):
-                admitted += ThreadRacer().allow_request(None, None)
+                admitted += Racer().allow_request(None, None)
                 time.sleep(0.0005)  # let the other threads in between
             return admitted
 
         results = threads(8, attempt)
-        assert sum(results) == 1000, results
+        assert sum(results) == Racer().num_requests, results
 
     def test_429_with_retry_after_then_a_new_window(self, api, rate) -> None:
         rate(2, 3)
