@@ -37,6 +37,8 @@ from redis.commands.core import Script
 from redis.exceptions import RedisError
 from rest_framework import throttling
 
+from config.bounded import make_room
+
 logger = logging.getLogger(__name__)
 
 LEASE_MAX = 32
@@ -137,11 +139,8 @@ def _keep(key: str, lease: _Lease) -> None:
             lease.left += held.left
             lease.counted = max(lease.counted, held.counted)
             lease.ends = min(lease.ends, held.ends)
-        if len(_leases) >= _MAX_CLIENTS:
-            for old in [k for k, v in _leases.items() if v.ends <= now]:
-                del _leases[old]
-            while len(_leases) >= _MAX_CLIENTS:  # the least recently reserved go first
-                del _leases[next(iter(_leases))]
+        # The least recently reserved go first.
+        make_room(_leases, _MAX_CLIENTS, lambda held: held.ends <= now)
         _leases[key] = lease
 
 

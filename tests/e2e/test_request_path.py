@@ -179,6 +179,46 @@ class TestTokenRevocation:
             assert staff.get("/v1/events").status_code == 200
 
 
+class TestCheckedTokens:
+    """The per-process table of checked tokens stays bounded and keeps the busiest."""
+
+    def test_the_table_is_bounded(self, client_user, monkeypatch) -> None:
+        monkeypatch.setattr(authentication, "MAX_CHECKED_TOKENS", 3)
+        forget_checked_tokens()
+        hashes = []
+        for _ in range(5):
+            record, client = token_client(client_user)
+            assert client.get("/v1/users").status_code == 200
+            hashes.append(record.key_hash)
+        assert list(authentication._checked_tokens) == hashes[-3:]
+
+    def test_a_token_looked_up_again_counts_as_the_newest(self, client_user, monkeypatch) -> None:
+        monkeypatch.setattr(authentication, "MAX_CHECKED_TOKENS", 3)
+        # Every use renews last_used_at, so every use stores the entry again.
+        monkeypatch.setattr(authentication, "_LAST_USED_RESOLUTION", timedelta(0))
+        forget_checked_tokens()
+        tokens = [token_client(client_user) for _ in range(4)]
+        for index in (0, 1, 0, 2, 3):  # the fourth token pushes the least recent out
+            assert tokens[index][1].get("/v1/users").status_code == 200
+        assert list(authentication._checked_tokens) == [
+            tokens[index][0].key_hash for index in (0, 2, 3)
+        ]
+
+    def test_a_renewal_leaves_the_record_other_requests_hold_alone(
+        self, client_user, monkeypatch
+    ) -> None:
+        monkeypatch.setattr(authentication, "_LAST_USED_RESOLUTION", timedelta(0))
+        record, client = token_client(client_user)
+        assert client.get("/v1/users").status_code == 200
+        held = authentication._checked_tokens[record.key_hash][1]
+        seen = held.last_used_at
+        assert client.get("/v1/users").status_code == 200
+        renewed = authentication._checked_tokens[record.key_hash][1]
+        assert renewed is not held
+        assert renewed.last_used_at > seen
+        assert held.last_used_at == seen
+
+
 class Racer(throttling.UserRateThrottle):
     """One client's limit, checked outside any request by the racing tests below."""
 
