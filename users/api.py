@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -21,6 +22,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import PreconditionFailed
+from config.renderers import json_as_drf
 from eventstore import store, subscriptions
 from eventstore.api import (
     PROBLEM_RESPONSES,
@@ -213,16 +215,20 @@ class UserDetailView(APIView):
         parameters=[USER_ID, WaitForQuerySerializer, ETAG, CAUGHT_UP],
         responses={200: UserSerializer, **PROBLEM_RESPONSES},
     )
-    def get(self, request: Request, user_id: str) -> Response:
+    def get(self, request: Request, user_id: str) -> HttpResponse:
         # Most reads carry no query string: then there is nothing to validate.
         params = request.query_params
         query = _validated(WaitForQuerySerializer, params) if params else {}
         headers = _wait_for_read_model(request, query.get("wait_for"))
         user = selectors.user_detail(_user_id(user_id))
-        # The row is the response already: DRF's JSON encoder writes its UUID and UTC
-        # datetimes exactly as UserSerializer (the documented shape) would, at a fraction
-        # of the cost (tests/e2e/test_request_path.py compares the two).
-        return Response(user, headers={"ETag": f'"{user["version"]}"', **headers})
+        headers["ETag"] = f'"{user["version"]}"'
+        # The row is the response already: JSON writes its UUID and UTC datetimes exactly
+        # as UserSerializer (the documented shape) would, at a fraction of the cost
+        # (tests/e2e/test_request_path.py compares the two). A media type with parameters
+        # (``application/json; indent=2``) is DRF's renderer's to honour.
+        if request.accepted_media_type == "application/json":
+            return HttpResponse(json_as_drf(user), "application/json", headers=headers)
+        return Response(user, headers=headers)
 
     @extend_schema(
         operation_id="users_replace",

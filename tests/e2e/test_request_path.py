@@ -85,6 +85,28 @@ class TestUserDetail:
         assert response.json()["welcomed_at"] == "2026-01-02T03:04:05.678901Z"
         assert response["ETag"] == f'"{documented["version"]}"'
 
+    def test_line_separators_in_names_come_out_as_drf_writes_them(self, api) -> None:
+        user_id = new_user(api, first_name="Line\u2028Sep", last_name="Para\u2029Sep")["id"]
+        project()
+        response = api.get(f"/v1/users/{user_id}")
+        assert response["Content-Type"] == "application/json"
+        assert b"Line\\u2028Sep" in response.content
+        assert response.content == JSONRenderer().render(
+            UserSerializer(UserRecord.objects.get(id=user_id)).data
+        )
+        assert response.json()["last_name"] == "Para\u2029Sep"
+
+    def test_an_accept_header_with_an_indent_is_honoured(self, api) -> None:
+        user_id = new_user(api)["id"]
+        project()
+        response = api.get(f"/v1/users/{user_id}", HTTP_ACCEPT="application/json; indent=2")
+        assert response.status_code == 200
+        assert response.content.startswith(b'{\n  "id": ')
+        assert response.json()["id"] == user_id
+        assert response["ETag"] == f'"{response.json()["version"]}"'
+        refused = api.get(f"/v1/users/{user_id}", HTTP_ACCEPT="text/csv")
+        assert_problem(refused, 406)
+
     def test_unknown_user_and_wait_for_still_validated(self, api) -> None:
         missing = "00000000-0000-0000-0000-000000000001"
         assert_problem(api.get(f"/v1/users/{missing}"), 404)
