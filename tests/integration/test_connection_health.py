@@ -1,17 +1,25 @@
 """The service's PostgreSQL sessions, against the real server: the health check costs no
 round trip on a quiet connection and replaces a session the server ended
-(config/postgres/base.py); sessions run without JIT compilation (config/settings.py)."""
+(config/postgres/base.py); the hot statements are prepared once per session unless
+DATABASE_PREPARED_STATEMENTS is off; sessions run without JIT compilation
+(config/settings.py)."""
 
 from __future__ import annotations
 
 import select
 import time
+import uuid
 
 import pytest
 from django.db import OperationalError, connection
 from django.db.backends.postgresql import base as django_postgres
+from django.test.utils import CaptureQueriesContext
 
+from eventstore import store
+from tests.events import Noted
 from tests.processes import raw_connection
+from users import selectors
+from users.errors import UserNotFound
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -102,3 +110,53 @@ def test_sessions_run_without_jit_compilation() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SHOW jit")
         assert cursor.fetchone()[0] == "off"
+
+
+def prepared() -> dict[str, int]:
+    """This session's prepared statements: their text and how often each was planned."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement, generic_plans + custom_plans FROM pg_prepared_statements")
+        return dict(cursor.fetchall())
+
+
+def read_user(user_id: uuid.UUID) -> None:
+    with pytest.raises(UserNotFound):
+        selectors.user_detail(user_id)
+
+
+def test_prepared_statements_are_on_by_default(settings) -> None:
+    assert settings.DATABASES["default"]["OPTIONS"]["prepare_threshold"] == 5
+
+
+def test_the_user_read_and_the_append_are_prepared_once_per_session() -> None:
+    connection.close()  # a new session: nothing prepared yet
+    for n in range(3):
+        read_user(uuid.uuid4())
+        store.append(f"noted-{uuid.uuid4()}", [Noted(text="x", n=n)])
+    statements = prepared()
+    reads = [count for text, count in statements.items() if 'FROM "users_user"' in text]
+    appends = [count for text, count in statements.items() if "INSERT" in text]
+    # One statement each, planned on every run but parsed once.
+    assert reads == [3]
+    assert appends == [3]
+
+
+def test_without_prepared_statements_nothing_is_prepared(monkeypatch) -> None:
+    monkeypatch.delitem(connection.settings_dict["OPTIONS"], "prepare_threshold")
+    connection.close()
+    try:
+        for _ in range(3):
+            read_user(uuid.uuid4())
+            store.append(f"noted-{uuid.uuid4()}", [Noted(text="x")])
+        assert prepared() == {}
+    finally:
+        connection.close()  # the next test connects with the settings restored
+
+
+def test_the_query_log_shows_a_prepared_read_with_its_values() -> None:
+    user_id = uuid.uuid4()
+    with CaptureQueriesContext(connection) as queries:
+        read_user(user_id)
+    assert len(queries) == 1
+    assert user_id.hex in queries[0]["sql"]  # as psycopg writes a uuid literal
+    assert "$1" not in queries[0]["sql"]
