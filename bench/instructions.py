@@ -1,0 +1,239 @@
+"""Instructions per request in the web process, counted by callgrind: GET /v1/users/{id}
+against GET /health, with no load generator, gunicorn or second core involved.
+
+Run (from the project root, about 4 minutes; needs ``apt-get install -y valgrind``)::
+
+    .venv/bin/python bench/instructions.py
+    .venv/bin/python bench/instructions.py --project /tmp/prev   # another checkout, A/B
+
+Requests/s on this VM drift by a third within one run (docs/benchmarks.md); an
+instruction count does not: the same code and inputs give the same count, whatever else
+the machine does. What it leaves out is the kernel's share (socket calls, context
+switches) and the servers' (PostgreSQL, Redis), which the HTTP benchmark measures.
+
+It uses PostgreSQL at ``BENCH_PG_URL`` (default ``postgres://postgres@127.0.0.1:5432``),
+where it DROPS and recreates the database ``bench_instructions``, and Redis database 12 of
+``BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379``), which it FLUSHES. It migrates
+the database, creates an API token and one user, and projects it. Then, for each
+endpoint, it runs one process under ``valgrind --tool=callgrind`` that serves
+``--warmup`` requests and then ``--requests`` more through Django's WSGI handler (as
+gunicorn calls it), and one that serves only the warm-up; the difference, divided by
+``--requests``, is what one warm request costs, start-up and first-request work
+cancelled. Settings as ``bench/http_bench.py`` runs the service: ``DEBUG=false``, the rate
+limit on but far above the load. Results go to ``bench/results/instructions.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+import common  # noqa: E402  (bench/common.py, next to this script)
+
+DATABASE = "bench_instructions"
+REDIS_DB = 12
+ENDPOINTS = ("health", "get")
+PG = "postgres://postgres@127.0.0.1:5432"
+
+
+def service_env(pg_url: str, redis_url: str, project: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": f"{pg_url.rstrip('/')}/{DATABASE}",
+        "REDIS_URL": f"{redis_url.rstrip('/')}/{REDIS_DB}",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DEBUG": "false",
+        "THROTTLE_USER_RATE": "100000000/minute",
+        "PYTHONPATH": str(project),
+        "PYTHONHASHSEED": "0",  # the same dict layouts, so the same count, every run
+        "BENCH_PG_URL": pg_url,
+    }
+
+
+def setup(project: Path, env: dict[str, str]) -> dict[str, str]:
+    """A fresh database with a token and one projected user (not under valgrind)."""
+    with common.connect(env["BENCH_PG_URL"], "postgres", autocommit=True) as pg:
+        pg.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        pg.execute(f"CREATE DATABASE {DATABASE}")
+    python = str(ROOT / ".venv" / "bin" / "python")
+    subprocess.run([python, "manage.py", "migrate", "-v", "0"], cwd=project, env=env, check=True)
+    out = subprocess.run(
+        [python, __file__, "--child", "setup"],
+        cwd=project,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def child_setup() -> None:
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.core.cache import cache
+
+    from eventstore import subscriptions
+    from users import handlers
+    from users.authentication import issue_token
+    from users.commands import CreateUser
+
+    cache.clear()
+    client = get_user_model().objects.create_user("bench", password="bench-pass-1234")
+    _, token = issue_token(client, "instructions")
+    result = handlers.handle(
+        CreateUser(email="ada@example.com", first_name="Ada", last_name="Lovelace")
+    )
+    subscriptions.catch_up(subscriptions.get("users"))
+    print(json.dumps({"token": token, "user_id": str(result.user.id)}))
+
+
+def child_serve(endpoint: str, count: int, token: str, user_id: str) -> None:
+    """Serve ``count`` requests through the WSGI handler, as gunicorn would call it."""
+    import django
+
+    django.setup()
+    from django.core.handlers.wsgi import WSGIHandler
+
+    handler = WSGIHandler()
+    path = "/health" if endpoint == "health" else f"/v1/users/{user_id}"
+    base = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8811",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "127.0.0.1:8811",
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    if endpoint == "get":
+        base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: list, exc_info: Any = None) -> None:
+        statuses.append(status)
+
+    for _ in range(count):
+        response = handler({**base, "wsgi.input": io.BytesIO(b"")}, start_response)
+        for _chunk in response:
+            pass
+        response.close()
+    if any(not status.startswith("200") for status in statuses):
+        sys.exit(f"not every request answered 200: {sorted(set(statuses))}")
+
+
+def count_instructions(
+    project: Path, env: dict[str, str], endpoint: str, count: int, data: dict[str, str]
+) -> int:
+    """Instructions callgrind counts in a whole process serving ``count`` requests."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                "--trace-children=no",
+                str(ROOT / ".venv" / "bin" / "python"),
+                __file__,
+                "--child",
+                "serve",
+                endpoint,
+                str(count),
+                data["token"],
+                data["user_id"],
+            ],
+            cwd=project,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        totals = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
+        if totals is None:
+            raise RuntimeError(f"no totals in {out}")
+        return int(totals.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--project", type=Path, default=ROOT, help="the checkout to measure")
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results" / "instructions.json"
+    )
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        if args.child[0] == "setup":
+            child_setup()
+        else:
+            endpoint, count, token, user_id = args.child[1:]
+            child_serve(endpoint, int(count), token, user_id)
+        return
+
+    project = args.project.resolve()
+    pg_url = os.environ.get("BENCH_PG_URL", PG)
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+    env = service_env(pg_url, redis_url, project)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=project, capture_output=True, text=True
+    ).stdout.strip()
+    print(f"project {project} at {commit}; database {DATABASE}, Redis db {REDIS_DB}")
+    data = setup(project, env)
+    results: dict[str, Any] = {}
+    for endpoint in ENDPOINTS:
+        started = time.monotonic()
+        short = count_instructions(project, env, endpoint, args.warmup, data)
+        long = count_instructions(project, env, endpoint, args.warmup + args.requests, data)
+        per_request = (long - short) / args.requests
+        results[endpoint] = {"instructions_per_request": round(per_request)}
+        print(
+            f"{endpoint:>6}: {per_request / 1e6:.3f} M instructions per request "
+            f"({time.monotonic() - started:.0f} s)",
+            flush=True,
+        )
+    ratio = (
+        results["get"]["instructions_per_request"] / results["health"]["instructions_per_request"]
+    )
+    print(f"GET /v1/users/{{id}} costs {ratio:.2f}x a /health")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "project": str(project),
+                "commit": commit,
+                "python": platform.python_version(),
+                "warmup": args.warmup,
+                "requests": args.requests,
+                "results": results,
+                "get_over_health": round(ratio, 3),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
