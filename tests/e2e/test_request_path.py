@@ -46,6 +46,12 @@ def token_client(user: Any) -> tuple[ApiToken, APIClient]:
     return record, client
 
 
+@pytest.fixture
+def renew_on_every_use(monkeypatch) -> None:
+    """Every request records the token's last use, so every request stores it anew."""
+    monkeypatch.setattr(authentication, "_LAST_USED_RESOLUTION", timedelta(0))
+
+
 def elsewhere(sql: str, params: list[Any]) -> None:
     """Change a row the way another process would: no signal reaches this one."""
     with connection.cursor() as cursor:
@@ -180,9 +186,8 @@ class TestTokenRevocation:
         assert_problem(client.get("/v1/users"), 401)
 
     def test_recording_last_use_notices_a_deletion_elsewhere(
-        self, client_user, monkeypatch
+        self, client_user, renew_on_every_use
     ) -> None:
-        monkeypatch.setattr(authentication, "_LAST_USED_RESOLUTION", timedelta(0))
         record, client = token_client(client_user)
         assert client.get("/v1/users").status_code == 200
         record.refresh_from_db()
@@ -214,10 +219,10 @@ class TestCheckedTokens:
             hashes.append(record.key_hash)
         assert list(authentication._checked_tokens) == hashes[-3:]
 
-    def test_a_token_looked_up_again_counts_as_the_newest(self, client_user, monkeypatch) -> None:
+    def test_a_token_looked_up_again_counts_as_the_newest(
+        self, client_user, monkeypatch, renew_on_every_use
+    ) -> None:
         monkeypatch.setattr(authentication, "MAX_CHECKED_TOKENS", 3)
-        # Every use renews last_used_at, so every use stores the entry again.
-        monkeypatch.setattr(authentication, "_LAST_USED_RESOLUTION", timedelta(0))
         forget_checked_tokens()
         tokens = [token_client(client_user) for _ in range(4)]
         for index in (0, 1, 0, 2, 3):  # the fourth token pushes the least recent out
@@ -227,9 +232,8 @@ class TestCheckedTokens:
         ]
 
     def test_a_renewal_leaves_the_record_other_requests_hold_alone(
-        self, client_user, monkeypatch
+        self, client_user, renew_on_every_use
     ) -> None:
-        monkeypatch.setattr(authentication, "_LAST_USED_RESOLUTION", timedelta(0))
         record, client = token_client(client_user)
         assert client.get("/v1/users").status_code == 200
         held = authentication._checked_tokens[record.key_hash][1]
