@@ -64,15 +64,26 @@ def test_racing_catch_ups_while_appending_are_exactly_once(tally, threads) -> No
         finally:
             connections.close_all()
 
+    def catcher(_: int) -> None:
+        # At least five catch-ups each, and on until the appender has written a dozen
+        # streams meanwhile: however fast a catch-up is, the two overlap.
+        deadline = time.monotonic() + 60
+        rounds = 0
+        while rounds < 5 or len(expected) < 12:
+            assert time.monotonic() < deadline, "the appender wrote nothing for a minute"
+            subscriptions.catch_up(tally)
+            rounds += 1
+
     writer = threading.Thread(target=appender)
     writer.start()
     try:
-        threads(6, lambda i: [subscriptions.catch_up(tally) for _ in range(5)])
+        outcomes = threads(6, catcher)
     finally:
         stop.set()
         writer.join()
+    assert [o for o in outcomes if isinstance(o, BaseException)] == []
     subscriptions.catch_up(tally)
-    assert len(expected) > 5
+    assert len(expected) >= 12
     assert tallies() == expected
 
 
