@@ -9,6 +9,7 @@ from __future__ import annotations
 import select
 import time
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from django.db import OperationalError, connection
@@ -20,6 +21,7 @@ from tests.events import Noted
 from tests.processes import raw_connection
 from users import selectors
 from users.errors import UserNotFound
+from users.models import UserRecord
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -160,3 +162,25 @@ def test_the_query_log_shows_a_prepared_read_with_its_values() -> None:
     assert len(queries) == 1
     assert user_id.hex in queries[0]["sql"]  # as psycopg writes a uuid literal
     assert "$1" not in queries[0]["sql"]
+
+
+def test_the_prepared_read_gives_what_the_orm_gives() -> None:
+    """Read in binary: the same values, datetimes in the same (UTC) time zone."""
+    record = UserRecord.objects.create(
+        id=uuid.uuid4(),
+        email="ada@example.com",
+        first_name="Ada",
+        last_name="Lovelace",
+        status="active",
+        welcomed_at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        version=2,
+        last_position=7,
+        created_at=datetime(2025, 12, 31, 23, 59, 59, 1, tzinfo=UTC),
+        updated_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    )
+    expected = UserRecord.objects.values(*selectors.USER_FIELDS).get(id=record.id)
+    read = selectors.user_detail(record.id)
+    assert read == expected
+    assert list(read) == list(selectors.USER_FIELDS)
+    for field in ("welcomed_at", "created_at", "updated_at"):
+        assert read[field].tzinfo is expected[field].tzinfo, field
