@@ -38,7 +38,7 @@ class _PreparingCursor(base.ServerBindingCursor):
 
     Binary results are read by psycopg's C loaders. In text, Django's own loader for
     ``timestamptz`` (Python, so that values carry Django's time zone) parses each
-    timestamp: 6% of the instructions of a cached ``GET /v1/users/{id}``. The binary
+    timestamp: 5% of the instructions of a cached ``GET /v1/users/{id}``. The binary
     loader gives the session's time zone, which Django sets to its own (UTC).
     """
 
