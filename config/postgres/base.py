@@ -26,10 +26,8 @@ import select
 from typing import Any
 
 from django.db.backends.postgresql import base, operations
-from django.db.backends.postgresql.psycopg_any import register_tzloader
 from django.db.backends.utils import CursorWrapper
 from psycopg import errors
-from psycopg.pq import Format
 
 
 class _PreparingCursor(base.ServerBindingCursor):
@@ -72,11 +70,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self.close_if_health_check_failed()
         self.ensure_connection()
         with self.wrap_database_errors:
-            cursor = _PreparingCursor(self.connection)
-            loader = self.connection.adapters.get_loader(base.TIMESTAMPTZ_OID, Format.TEXT)
-            if self.timezone != loader.timezone:  # as Django's create_cursor does
-                register_tzloader(self.timezone, cursor)
-            return self._prepare_cursor(cursor)
+            # No time zone loader to register, as Django's create_cursor may: that one
+            # reads text, and this cursor reads binary.
+            return self._prepare_cursor(_PreparingCursor(self.connection))
 
     def close_if_health_check_failed(self) -> None:
         if (
