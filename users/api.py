@@ -216,8 +216,9 @@ class UserDetailView(APIView):
         responses={200: UserSerializer, **PROBLEM_RESPONSES},
     )
     def get(self, request: Request, user_id: str) -> HttpResponse:
-        # Most reads carry no query string: then there is nothing to validate.
-        params = request.query_params
+        # Most reads carry no query string: then there is nothing to validate, nor a
+        # QueryDict to build.
+        params = request.query_params if request.META.get("QUERY_STRING") else None
         query = _validated(WaitForQuerySerializer, params) if params else {}
         headers = _wait_for_read_model(request, query.get("wait_for"))
         user = selectors.user_detail(_user_id(user_id))

@@ -220,6 +220,13 @@ class TestLimits:
         assert_problem(response, 429)
         assert 0 < int(response["Retry-After"]) <= 60
 
+    def test_token_clients_are_not_held_to_the_anonymous_limit(self, api, monkeypatch) -> None:
+        monkeypatch.setattr(AnonRateThrottle, "THROTTLE_RATES", {"anon": "2/minute"})
+        codes = [api.get("/v1/users").status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 200]
+        anonymous = [APIClient().get("/api/schema/").status_code for _ in range(3)]
+        assert anonymous == [200, 200, 429]
+
     def test_rate_limits_fail_open_when_redis_is_unreachable(self, api, settings) -> None:
         """Availability over rate limiting: commands need only PostgreSQL (invariant 6)."""
         settings.CACHES = {
