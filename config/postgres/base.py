@@ -65,7 +65,10 @@ class DatabaseWrapper(base.DatabaseWrapper):
         """A cursor (query log and error wrapping included) whose statements are prepared.
 
         Without ``prepare_threshold`` (``DATABASE_PREPARED_STATEMENTS=false``) it binds on
-        the server but prepares nothing.
+        the server but prepares nothing. The batch statements (``store.append``, the users
+        projection) use bare psycopg cursors on the same connection instead: they are
+        prepared the same way, but stay out of Django's query log, where a rebuild's
+        thousand-row upserts would be composed into text and kept under DEBUG.
         """
         self.close_if_health_check_failed()
         self.ensure_connection()

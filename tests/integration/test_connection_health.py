@@ -19,7 +19,7 @@ from django.test.utils import CaptureQueriesContext
 from eventstore import store
 from tests.events import Noted
 from tests.processes import raw_connection
-from users import selectors
+from users import projections, selectors
 from users.errors import UserNotFound
 from users.models import UserRecord
 
@@ -141,6 +141,20 @@ def test_the_user_read_and_the_append_are_prepared_once_per_session() -> None:
     # One statement each, planned on every run but parsed once.
     assert reads == [3]
     assert appends == [3]
+
+
+def test_the_projection_statements_are_prepared_once_per_session() -> None:
+    """They asked for it all along; without prepare_threshold psycopg ignored them."""
+    connection.close()
+    now = datetime.now(UTC)
+    for n in range(3):
+        projections.load_rows([uuid.uuid4()])
+        email = f"p{n}@example.com"
+        projections.save_rows(
+            [projections.UserRow(uuid.uuid4(), email, created_at=now, updated_at=now)]
+        )
+    statements = prepared()
+    assert sorted(count for text, count in statements.items() if "users_user" in text) == [3, 3]
 
 
 def test_without_prepared_statements_nothing_is_prepared(monkeypatch) -> None:
