@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from django.core.cache import cache
@@ -41,8 +43,37 @@ def _set(key: str, ttl: int) -> bool:
     return bool(redis_client(cache).set(cache.make_and_validate_key(key), 1, nx=True, ex=ttl))
 
 
-def _delete(key: str) -> None:
-    redis_client(cache).delete(cache.make_and_validate_key(key))
+def _set_many(keys: list[str], ttl: int) -> list[bool]:
+    """:func:`_set` for several keys in one round trip (a pipeline, not a transaction)."""
+    pipe = redis_client(cache).pipeline(transaction=False)
+    for key in keys:
+        pipe.set(cache.make_and_validate_key(key), 1, nx=True, ex=ttl)
+    return [bool(reply) for reply in pipe.execute()]
+
+
+def _delete(*keys: str) -> None:
+    redis_client(cache).delete(*(cache.make_and_validate_key(key) for key in keys))
+
+
+def _not_queued(keys: list[str], whats: list[str], exc: Exception) -> None:
+    for what in whats:
+        logger.warning("could not queue %s (%s); the safety net will", what, exc)
+    with contextlib.suppress(Exception):
+        _delete(*keys)
+
+
+def _queue(
+    key: str, task: Any, args: tuple, kwargs: dict[str, Any] | None, countdown: float, what: str
+) -> bool:
+    try:
+        if countdown > 0:
+            task.apply_async(args, kwargs, countdown=countdown)
+        else:
+            task.apply_async(args, kwargs)
+    except Exception as exc:  # the broker is down: the safety net covers it
+        _not_queued([key], [what or key], exc)
+        return False
+    return True
 
 
 def send_once(
@@ -61,16 +92,10 @@ def send_once(
     try:
         if not _set(key, KEY_TTL_SECONDS + int(countdown)):
             return False
-        if countdown > 0:
-            task.apply_async(args, kwargs, countdown=countdown)
-        else:
-            task.apply_async(args, kwargs)
-        return True
-    except Exception as exc:  # the broker or Redis is down: the safety net covers it
-        logger.warning("could not queue %s (%s); the safety net will", what or key, exc)
-        with contextlib.suppress(Exception):
-            _delete(key)
+    except Exception as exc:  # Redis is down: the safety net covers it
+        _not_queued([key], [what or key], exc)
         return False
+    return _queue(key, task, args, kwargs, countdown, what)
 
 
 def mark(key: str) -> None:
@@ -90,12 +115,55 @@ def clear(key: str) -> None:
         logger.warning("could not clear %s: %s", key, exc)
 
 
+_collecting = threading.local()
+
+
+@contextlib.contextmanager
+def coalesced() -> Iterator[None]:
+    """Hold the :func:`wake` calls made inside the block, and wake each subscriber once
+    as it ends (nested blocks: the outermost). Never raises of its own.
+
+    For a transaction that commits many appends (the saga runner's batches): each
+    append's after-commit wake-up would ask Redis again for the same subscribers. Their
+    events have all committed before the first of those wake-ups runs, so one per
+    subscriber, sent after the commit, covers them all.
+    """
+    if getattr(_collecting, "names", None) is not None:
+        yield
+        return
+    names: dict[str, None] = {}  # insertion-ordered set
+    _collecting.names = names
+    try:
+        yield
+    finally:
+        _collecting.names = None
+        if names:
+            wake(list(names))
+
+
 def wake(names: list[str]) -> None:
-    """Queue a catch-up for each subscriber that has none queued. Never raises."""
+    """Queue a catch-up for each subscriber that has none queued. Never raises.
+
+    One round trip to Redis for all of them; then a task for each whose mark was free.
+    """
     from eventstore.tasks import run_subscriber
 
-    for name in names:
-        send_once(wake_key(name), run_subscriber, (name,), what=f"a wake-up for {name}")
+    collecting = getattr(_collecting, "names", None)
+    if collecting is not None:
+        collecting.update(dict.fromkeys(names))
+        return
+    if len(names) == 1:
+        send_once(wake_key(names[0]), run_subscriber, (names[0],), what=f"a wake-up for {names[0]}")
+        return
+    keys = [wake_key(name) for name in names]
+    try:
+        free = _set_many(keys, KEY_TTL_SECONDS)
+    except Exception as exc:  # Redis is down: the safety net covers them
+        _not_queued(keys, [f"a wake-up for {name}" for name in names], exc)
+        return
+    for name, key, queue in zip(names, keys, free, strict=True):
+        if queue:
+            _queue(key, run_subscriber, (name,), None, 0.0, f"a wake-up for {name}")
 
 
 def recheck(name: str, attempt: int, countdown: float) -> bool:

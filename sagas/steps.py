@@ -330,7 +330,8 @@ def _run_batched(
         done: list[tuple[SagaInstance, tuple[str, str]]] = []
         failed: list[tuple[SagaInstance, tuple[str, str], Exception]] = []
         try:
-            with transaction.atomic():
+            # Each welcome's append wakes the same subscribers after the commit: once will do.
+            with wakeups.coalesced(), transaction.atomic():
                 for instance in pending[:BATCH_MAX_INSTANCES]:
                     seen = (instance.status, instance.step)
                     try:

@@ -118,6 +118,29 @@ def _clear_cache() -> Iterator[None]:
     return
 
 
+@pytest.fixture
+def wake_sends(monkeypatch) -> list[list[str]]:
+    """The subscriber wake-up marks each write to Redis asks for, one list per write (a
+    round trip): a spy on redis-py's real connections, which still send everything."""
+    import re
+
+    from redis.connection import AbstractConnection
+
+    sends: list[list[str]] = []
+    send = AbstractConnection.send_packed_command
+
+    def spy(self, command, check_health=True):
+        chunks = [command] if isinstance(command, (str, bytes)) else command
+        payload = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+        marks = re.findall(rb"\$3\r\nSET\r\n\$\d+\r\n[^\r]*eventstore:wake:([^\r]+)", payload)
+        if marks:
+            sends.append([mark.decode() for mark in marks])
+        return send(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", spy)
+    return sends
+
+
 def settle(timeout: float = 60.0) -> None:
     """Wait until every event committed so far is below the feed's horizon.
 

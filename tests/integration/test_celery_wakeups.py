@@ -128,6 +128,46 @@ def broker_tasks() -> list[tuple[str, str]]:
     return [(h["task"], h["argsrepr"]) for h in broker_headers()]
 
 
+def test_waking_several_subscribers_asks_redis_once(wake_sends) -> None:
+    from django.core.cache import cache
+
+    from eventstore import wakeups
+
+    cache.clear()
+    wakeups.wake(["test-tally", "users"])
+    assert wake_sends == [["test-tally", "users"]]
+    assert sorted(broker_tasks()) == [
+        ("eventstore.tasks.run_subscriber", "('test-tally',)"),
+        ("eventstore.tasks.run_subscriber", "('users',)"),
+    ]
+    wakeups.wake(["test-tally", "users"])  # both still queued: nothing more
+    assert len(broker_tasks()) == 2
+    wakeups.clear(wakeups.wake_key("users"))  # its task started
+    wakeups.wake(["test-tally", "users"])
+    assert sorted(broker_tasks()).count(("eventstore.tasks.run_subscriber", "('users',)")) == 2
+    assert len(broker_tasks()) == 3
+    assert len(wake_sends) == 3
+
+
+def test_appends_committed_in_a_coalesced_block_wake_once_as_it_ends(wake_sends) -> None:
+    from django.core.cache import cache
+
+    from eventstore import wakeups
+
+    cache.clear()
+    wake = ("eventstore.tasks.run_subscriber", "('test-tally',)")
+    with wakeups.coalesced():
+        with wakeups.coalesced():  # nested: the outer block wakes
+            write(10, 3)  # ten appends, each committed and each waking the tally
+        assert wake_sends == []
+        assert broker_tasks() == []
+    assert wake_sends == [["test-tally"]]
+    assert broker_tasks() == [wake]
+    wakeups.clear(wakeups.wake_key("test-tally"))
+    write(1, 1)  # outside any block: at once
+    assert broker_tasks() == [wake, wake]
+
+
 def test_a_burst_of_appends_queues_one_wake_up_per_subscriber() -> None:
     """No worker runs: whatever wakes the tally (appends, the safety net), one task waits."""
     from django.core.cache import cache

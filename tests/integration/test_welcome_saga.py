@@ -222,6 +222,16 @@ def test_a_due_welcome_is_issued_as_its_batch_commits_and_the_runner_sends_the_e
     assert len(mail.outbox) == 5
 
 
+def test_a_batch_of_welcomes_wakes_the_subscribers_once_after_its_commit(wake_sends) -> None:
+    """Five welcomes commit together; their five appends need one wake-up, not five."""
+    users = [create_user() for _ in range(5)]
+    wake_sends.clear()  # the creates' own wake-ups
+    run_saga_subscriber()  # its commit runs the five welcomes, in one transaction
+    assert [welcomes(u) for u in users] == [1] * 5
+    assert len(_welcomed_transactions(users)) == 1
+    assert wake_sends == [["users", "welcome-saga"]]
+
+
 def test_a_welcome_failing_as_its_batch_commits_is_undone_alone_and_retried_by_the_runner(
     monkeypatch,
 ) -> None:
