@@ -45,7 +45,9 @@ class Aggregate:
         self.id = aggregate_id
         self.version = -1  # the version of the last event applied; -1 = no stream yet
         self.loaded_version = -1
-        self._pending: list[NewEvent] = []
+        # Payloads, or NewEvents where the caller chose the id: the store gives payloads
+        # new ids, and appends them without the savepoint a re-send would need.
+        self._pending: list[Any] = []
 
     @classmethod
     def stream_id_for(cls, aggregate_id: uuid.UUID) -> str:
@@ -57,7 +59,7 @@ class Aggregate:
 
     @property
     def pending_events(self) -> list[Any]:
-        return [new_event.payload for new_event in self._pending]
+        return [e.payload if isinstance(e, NewEvent) else e for e in self._pending]
 
     def apply(self, event: object) -> None:
         try:
@@ -70,9 +72,9 @@ class Aggregate:
         """Apply a new event and keep it for the next save."""
         self.apply(event)
         self.version += 1
-        self._pending.append(NewEvent(event, event_id or uuid.uuid4()))
+        self._pending.append(event if event_id is None else NewEvent(event, event_id))
 
-    def take_pending(self) -> list[NewEvent]:
+    def take_pending(self) -> list[Any]:
         pending, self._pending = self._pending, []
         return pending
 

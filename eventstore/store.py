@@ -227,13 +227,17 @@ def append(
 
     Raises :class:`ConcurrencyError` when the stream is not at ``expected_version``,
     :class:`DuplicateEventId` when the event ids are stored elsewhere, and
-    :class:`InvalidAppend` (before any write) for bad input.
+    :class:`InvalidAppend` (before any write) for bad input. A re-send must carry its
+    events' ids (:class:`NewEvent`); payloads get new ids here.
     """
     validate_stream_id(stream_id)
     expected = _validate_expected(expected_version)
     if isinstance(events, (str, bytes)) or not isinstance(events, Sequence) or not events:
         raise InvalidAppend("an append needs a non-empty list of events")
     new_events = [e if isinstance(e, NewEvent) else NewEvent(e) for e in events]
+    # Ids made here cannot be stored yet: the append is no re-send, and nothing but a
+    # re-send's ids can make the statement fail with its stream locked.
+    fresh_ids = not any(isinstance(e, NewEvent) for e in events)
     context_metadata = current_context().as_metadata()
     params: dict[str, Any] = {
         "stream_id": stream_id,
@@ -263,9 +267,12 @@ def append(
     sql = _APPEND_SQL["exact" if isinstance(expected, int) else expected]
     connection = connections[using]
     rows: list[tuple[int, int, str]] = []
+    nested = connection.in_atomic_block
     try:
-        rows = _execute_append(connection, sql, params, connection.in_atomic_block, using)
+        rows = _execute_append(connection, sql, params, nested and not fresh_ids, using)
     except IntegrityError:
+        if nested and fresh_ids:  # no savepoint: the caller's transaction is done for
+            raise
         rows = []
     if not rows:
         return _resolve_refused_append(stream_id, expected, params["event_ids"], using)
@@ -289,16 +296,18 @@ def append(
 
 
 def _execute_append(
-    connection: Any, sql: str, params: dict[str, Any], nested: bool, using: str
+    connection: Any, sql: str, params: dict[str, Any], savepoint: bool, using: str
 ) -> list[tuple[int, int, str]]:
     """Run the append statement; its errors come out as Django's database errors.
 
-    Inside a caller's transaction, a savepoint keeps it usable if a unique index refuses
-    the insert; in autocommit mode the single statement is atomic anyway. The statement
-    runs on Django's connection (same transaction) through a server-side-binding psycopg
+    With ``savepoint`` (inside a caller's transaction, for events whose ids may be stored
+    already), a savepoint keeps the transaction usable if the event id index refuses the
+    insert, so that the store can tell a re-send from a conflict; it costs two round
+    trips. In autocommit mode the single statement is atomic anyway. The statement runs
+    on Django's connection (same transaction) through a server-side-binding psycopg
     cursor, prepared once per connection.
     """
-    with transaction.atomic(using=using) if nested else _no_transaction():
+    with transaction.atomic(using=using) if savepoint else _no_transaction():
         connection.ensure_connection()
         with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
             cursor.execute(sql, params, prepare=True)

@@ -165,6 +165,23 @@ class TestIdempotentAppend:
         assert versions(sid) == [0]
         assert Stream.objects.get(stream_id=sid).version == 0
 
+    def test_in_a_transaction_only_a_possible_resend_takes_a_savepoint(self) -> None:
+        """Payloads get new ids, so their append cannot meet stored ids: no savepoint (two
+        round trips). Events with ids get one, so that a re-send whose ids the index
+        refuses is told from a conflict and the transaction goes on."""
+        from django.test.utils import CaptureQueriesContext
+
+        sid = new_stream()
+        resend = [NewEvent(Noted(text="b"))]
+        with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+            store.append(sid, [Noted(text="a")], NO_STREAM)
+            assert not [q for q in queries if q["sql"].startswith("SAVEPOINT")]
+            first = store.append(sid, resend, ANY)
+            assert store.append(sid, resend, ANY) == first  # the index refused it
+            store.append(sid, [Noted(text="c")], ANY)  # and the transaction goes on
+        assert [q["sql"].split()[0] for q in queries].count("SAVEPOINT") == 2
+        assert versions(sid) == [0, 1, 2]
+
     def test_concurrent_resends_write_once(self, threads) -> None:
         sid = new_stream()
         batch = [NewEvent(Noted(text="a")), NewEvent(Noted(text="b"))]
