@@ -38,6 +38,10 @@ request and in cores), the PostgreSQL backends of ``bench_http`` and wrk, plus w
 everything else on the machine used. At the end it checks that every user created
 (every 201) is in the read model. Results go to ``bench/results/http.json``
 (gitignored), the chart to ``docs/img/http.png``.
+
+``--paused-worker-post`` adds, to each round, a POST phase with the Celery worker and beat
+stopped (SIGSTOP, resumed for the drain after it): what the web tier and PostgreSQL reach
+with both cores to themselves, reported beside the targets as ``post_paused``.
 """
 
 import argparse
@@ -47,6 +51,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -66,6 +71,10 @@ REDIS_DB = 11
 PORT = 8811
 SERVICE_DIR = Path("/tmp/benchsvc-http")
 ENDPOINTS = ("health", "get", "post")
+# With --paused-worker-post: POST again with the Celery worker and beat stopped (SIGSTOP),
+# what the web tier and PostgreSQL reach with both cores to themselves. A diagnostic, not
+# a target: the service's async work is still owed, and is done in the drain after.
+PAUSED_POST = "post_paused"
 SEED_USERS = 1000
 CPUS = os.cpu_count() or 1
 
@@ -402,6 +411,25 @@ def measure(
     return result
 
 
+@contextlib.contextmanager
+def worker_paused() -> Any:
+    """Stop the Celery worker (its pool too) and beat for the duration; resume them after."""
+    pids = [
+        pid
+        for name in ("celery-worker.pid", "celery-beat.pid")
+        if (root := _pidfile(name))
+        for pid in common.process_tree(root)
+    ]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
 def report(result: dict[str, Any]) -> None:
     latency = result["latency_ms"]
     line = (
@@ -477,6 +505,12 @@ def main() -> None:
         "(gunicorn workers and the Celery worker; folded stacks in bench/results/)",
     )  # fmt: skip
     parser.add_argument(
+        "--paused-worker-post", action="store_true",
+        help="in each round, one more POST phase with the Celery worker and beat stopped "
+        "(SIGSTOP), resumed for the drain after: the web tier's own ceiling (reported as "
+        f"{PAUSED_POST}, not a target)",
+    )  # fmt: skip
+    parser.add_argument(
         "--throttle-rate",
         default="100000000/minute",
         help="THROTTLE_USER_RATE of the service, high so that the bench measures the service "
@@ -535,6 +569,13 @@ def main() -> None:
                     result["drain_after"] = wait_until_idle(meter, args.drain)
                 runs.append(result)
                 report(result)
+            if args.paused_worker_post:
+                with worker_paused():
+                    result = measure(meter, "post", args, scripts, extra["post"])
+                result.update(endpoint=PAUSED_POST, round=round_no)
+                result["drain_after"] = wait_until_idle(meter, args.drain)
+                runs.append(result)
+                report(result)
         if args.profile:
             profiles = profile_phases(meter, args, scripts, extra)
             print(f"profiles: {profiles}", flush=True)
@@ -543,7 +584,7 @@ def main() -> None:
     finally:
         with contextlib.suppress(Exception):
             run_script("down.sh", env, log)
-    posted_ok = sum(r["ok"] for r in runs if r["endpoint"] == "post")
+    posted_ok = sum(r["ok"] for r in runs if r["endpoint"] in ("post", PAUSED_POST))
     unmeasured_posts = check["user_created_events"] - SEED_USERS - posted_ok
     emails = sum(
         1
@@ -595,7 +636,7 @@ def main() -> None:
     chart(summary, runs, args.chart)
     shutil.rmtree(workdir, ignore_errors=True)
     print("\nsummary (median of rounds)")
-    for endpoint in ENDPOINTS:
+    for endpoint in summary["by_endpoint"]:
         row = summary["by_endpoint"][endpoint]
         print(
             f"  {endpoint:6} {row['requests_per_s']:8.0f} req/s ({row['share_of_health']} of "
@@ -618,7 +659,9 @@ def main() -> None:
 def summarize(runs: list[dict]) -> dict[str, Any]:
     by = {}
     health_by_round = {r["round"]: r["requests_per_s"] for r in runs if r["endpoint"] == "health"}
-    for endpoint in ENDPOINTS:
+    paused = any(r["endpoint"] == PAUSED_POST for r in runs)
+    phases = [*ENDPOINTS, *([PAUSED_POST] if paused else [])]
+    for endpoint in phases:
         mine = [r for r in runs if r["endpoint"] == endpoint]
         rates = [r["requests_per_s"] for r in mine]
         cpu_parts = mine[0]["cpu_ms_per_request"].keys() if mine else []
@@ -653,7 +696,7 @@ def summarize(runs: list[dict]) -> dict[str, Any]:
                 3,
             )
     health = by["health"]["requests_per_s"]
-    for endpoint in ENDPOINTS:
+    for endpoint in phases:
         row = by[endpoint]
         row["share_of_health"] = round(row["requests_per_s"] / health, 3)
         paired = [
@@ -704,7 +747,7 @@ def targets(summary: dict, check: dict) -> list[dict[str, Any]]:
         )
     for t in out:
         t["met"] = t["value"] < t["target"] if "p99" in t["name"] else t["value"] >= t["target"]
-    failed = sum(by[e]["failed"] for e in ENDPOINTS)
+    failed = sum(row["failed"] for row in by.values())
     out.append({"name": "no request failed", "value": failed, "target": 0, "met": failed == 0})
     missing = check["missing_from_read_model"]
     out.append(
@@ -729,21 +772,23 @@ def chart(summary: dict, runs: list[dict], path: Path) -> None:
         "health": "GET /health\n(ceiling)",
         "get": "GET /v1/users/{id}",
         "post": "POST /v1/users",
+        PAUSED_POST: "POST /v1/users,\nworker paused",
     }
-    colors = {"health": "#7f7f7f", "get": "#1f77b4", "post": "#ff7f0e"}
+    colors = {"health": "#7f7f7f", "get": "#1f77b4", "post": "#ff7f0e", PAUSED_POST: "#ffbb78"}
+    shown = list(by)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
     ax = axes[0]
-    xs = range(len(ENDPOINTS))
-    ys = [by[e]["requests_per_s"] for e in ENDPOINTS]
-    bars = ax.bar(xs, ys, color=[colors[e] for e in ENDPOINTS])
-    for e, bar in zip(ENDPOINTS, bars, strict=True):
+    xs = range(len(shown))
+    ys = [by[e]["requests_per_s"] for e in shown]
+    bars = ax.bar(xs, ys, color=[colors[e] for e in shown])
+    for e, bar in zip(shown, bars, strict=True):
         rounds = by[e]["rounds_requests_per_s"]
         x = bar.get_x() + bar.get_width() / 2
         ax.plot([x] * len(rounds), rounds, "k.", markersize=4)
         ax.annotate(f"{by[e]['requests_per_s']:.0f}/s\n{by[e]['share_of_health']:.0%} of health",
                     (x, bar.get_height()), textcoords="offset points", xytext=(0, 3),
                     ha="center", fontsize=8)  # fmt: skip
-    ax.set_xticks(list(xs), [labels[e] for e in ENDPOINTS], fontsize=8)
+    ax.set_xticks(list(xs), [labels[e] for e in shown], fontsize=8)
     ax.margins(y=0.12)
     ax.set_ylabel("requests/s (median; dots = rounds)")
     ax.set_title("Throughput, 32 connections, 2 sync workers")
@@ -752,11 +797,11 @@ def chart(summary: dict, runs: list[dict], path: Path) -> None:
     ax = axes[1]
     width = 0.25
     for k, q in enumerate(("p50_ms", "p90_ms", "p99_ms")):
-        vals = [by[e][q] for e in ENDPOINTS]
+        vals = [by[e][q] for e in shown]
         ax.bar([x + (k - 1) * width for x in xs], vals, width, label=q.replace("_ms", ""),
                color=["#c6dbef", "#6baed6", "#08519c"][k])  # fmt: skip
     ax.axhline(100, color="red", linestyle=":", linewidth=1)
-    ax.set_xticks(list(xs), [labels[e] for e in ENDPOINTS], fontsize=8)
+    ax.set_xticks(list(xs), [labels[e] for e in shown], fontsize=8)
     ax.set_ylabel("latency (ms, median of rounds)")
     ax.set_title("Latency (target p99 < 100 ms)")
     ax.legend(fontsize=8)
@@ -770,12 +815,12 @@ def chart(summary: dict, runs: list[dict], path: Path) -> None:
         "celery": "#8c564b",
         "wrk": "#bbbbbb",
     }
-    bottom = [0.0] * len(ENDPOINTS)
+    bottom = [0.0] * len(shown)
     for part in parts:
-        vals = [by[e]["cpu_ms_per_request"].get(part, 0) for e in ENDPOINTS]
+        vals = [by[e]["cpu_ms_per_request"].get(part, 0) for e in shown]
         ax.bar(xs, vals, bottom=bottom, color=part_colors[part], label=part)
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-    ax.set_xticks(list(xs), [labels[e] for e in ENDPOINTS], fontsize=8)
+    ax.set_xticks(list(xs), [labels[e] for e in shown], fontsize=8)
     ax.set_ylabel("CPU ms per request")
     ax.set_title("Where the CPU goes (2 cores)")
     ax.legend(fontsize=8)
