@@ -68,6 +68,19 @@ def celery_worker(transactional_db) -> Iterator[Any]:
         app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=30
     ) as worker:
         yield worker
+    _end_other_sessions()
+
+
+def _end_other_sessions() -> None:
+    """End the test database's sessions other than this thread's: the worker's pool
+    threads keep theirs (persistent connections) after it stops, and pytest-django could
+    not drop the database at the end of the run while they were open."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'"
+        )
 
 
 @pytest.fixture
