@@ -19,7 +19,8 @@ from django.test.utils import CaptureQueriesContext
 from eventstore import store
 from tests.events import Noted
 from tests.processes import raw_connection
-from users import projections, selectors
+from users import handlers, projections, selectors
+from users.commands import CreateUser
 from users.errors import UserNotFound
 from users.models import UserRecord
 
@@ -155,6 +156,17 @@ def test_the_projection_statements_are_prepared_once_per_session() -> None:
         )
     statements = prepared()
     assert sorted(count for text, count in statements.items() if "users_user" in text) == [3, 3]
+
+
+def test_a_create_prepares_its_append_and_its_email_reservation_once_per_session() -> None:
+    connection.close()
+    for n in range(3):
+        handlers.handle(CreateUser(email=f"prep{n}@example.com", first_name="A", last_name="B"))
+    statements = prepared()
+    reservations = [count for text, count in statements.items() if "email_reservation" in text]
+    appends = [count for text, count in statements.items() if "INSERT INTO events" in text]
+    assert reservations == [3]
+    assert appends == [3]
 
 
 def test_without_prepared_statements_nothing_is_prepared(monkeypatch) -> None:
