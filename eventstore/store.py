@@ -228,15 +228,19 @@ def append(
     Raises :class:`ConcurrencyError` when the stream is not at ``expected_version``,
     :class:`DuplicateEventId` when the event ids are stored elsewhere, and
     :class:`InvalidAppend` (before any write) for bad input. A re-send must carry its
-    events' ids (:class:`NewEvent`); payloads get new ids here.
+    events' ids (:class:`NewEvent`); payloads get new ids here. Inside a transaction, an
+    append of payloads takes no savepoint: a caller that catches a database error from it
+    and goes on needs an ``atomic()`` block of its own around it.
     """
     validate_stream_id(stream_id)
     expected = _validate_expected(expected_version)
     if isinstance(events, (str, bytes)) or not isinstance(events, Sequence) or not events:
         raise InvalidAppend("an append needs a non-empty list of events")
     new_events = [e if isinstance(e, NewEvent) else NewEvent(e) for e in events]
-    # Ids made here cannot be stored yet: the append is no re-send, and nothing but a
-    # re-send's ids can make the statement fail with its stream locked.
+    # Ids made here cannot be stored yet: the append is no re-send, so there is no refusal
+    # by the event id index to recover from, and no savepoint to pay for. A conflict of
+    # versions is no error (no row comes back); a deadlock or a timeout still is, and then
+    # the caller's transaction, not a savepoint, is what rolls back.
     fresh_ids = not any(isinstance(e, NewEvent) for e in events)
     context_metadata = current_context().as_metadata()
     params: dict[str, Any] = {

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from django.core.cache import cache
@@ -56,6 +56,8 @@ def _delete(*keys: str) -> None:
 
 
 def _not_queued(keys: list[str], whats: list[str], exc: Exception) -> None:
+    # Clearing the marks lets the next wake-up try again. One set by another process, whose
+    # task is queued, may go too: that costs at most a duplicate task, which is harmless.
     for what in whats:
         logger.warning("could not queue %s (%s); the safety net will", what, exc)
     with contextlib.suppress(Exception):
@@ -63,7 +65,12 @@ def _not_queued(keys: list[str], whats: list[str], exc: Exception) -> None:
 
 
 def _queue(
-    key: str, task: Any, args: tuple, kwargs: dict[str, Any] | None, countdown: float, what: str
+    key: str,
+    task: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None,
+    countdown: float,
+    what: str,
 ) -> bool:
     try:
         if countdown > 0:
@@ -79,7 +86,7 @@ def _queue(
 def send_once(
     key: str,
     task: Any,
-    args: tuple = (),
+    args: tuple[Any, ...] = (),
     countdown: float = 0.0,
     *,
     kwargs: dict[str, Any] | None = None,
@@ -115,28 +122,32 @@ def clear(key: str) -> None:
         logger.warning("could not clear %s: %s", key, exc)
 
 
-_collecting = threading.local()
+# The subscriber names held by the innermost enclosing coalesced() block, if any (an
+# insertion-ordered set); a context variable, so threads and tasks each have their own.
+_collecting: ContextVar[dict[str, None] | None] = ContextVar("wake_ups_held", default=None)
 
 
 @contextlib.contextmanager
 def coalesced() -> Iterator[None]:
     """Hold the :func:`wake` calls made inside the block, and wake each subscriber once
-    as it ends (nested blocks: the outermost). Never raises of its own.
+    as it ends, even if the block raises (nested blocks: the outermost). Never raises of
+    its own.
 
     For a transaction that commits many appends (the saga runner's batches): each
     append's after-commit wake-up would ask Redis again for the same subscribers. Their
     events have all committed before the first of those wake-ups runs, so one per
-    subscriber, sent after the commit, covers them all.
+    subscriber, sent after the commit, covers them all. The block must enclose the
+    commit: wake-ups of a transaction that commits after it ends are not held.
     """
-    if getattr(_collecting, "names", None) is not None:
+    if _collecting.get() is not None:
         yield
         return
-    names: dict[str, None] = {}  # insertion-ordered set
-    _collecting.names = names
+    names: dict[str, None] = {}
+    token = _collecting.set(names)
     try:
         yield
     finally:
-        _collecting.names = None
+        _collecting.reset(token)
         if names:
             wake(list(names))
 
@@ -145,10 +156,11 @@ def wake(names: list[str]) -> None:
     """Queue a catch-up for each subscriber that has none queued. Never raises.
 
     One round trip to Redis for all of them; then a task for each whose mark was free.
+    Inside a :func:`coalesced` block, only noted, for the block's end.
     """
     from eventstore.tasks import run_subscriber
 
-    collecting = getattr(_collecting, "names", None)
+    collecting = _collecting.get()
     if collecting is not None:
         collecting.update(dict.fromkeys(names))
         return

@@ -55,8 +55,22 @@ def threads() -> Iterator[Callable[[int, Callable[[int], Any]], list[Any]]]:
     return run_in_threads
 
 
+@pytest.fixture(scope="session")
+def _no_sessions_left(django_db_setup, django_db_blocker) -> Iterator[None]:
+    """At the end of the run, end the test database's other sessions, so that pytest-django
+    can drop it: the in-process worker's pool threads keep their persistent connections
+    after it stops. Session-scoped, so that no test's server loses its connection."""
+    yield
+    with django_db_blocker.unblock(), connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'"
+        )
+
+
 @pytest.fixture
-def celery_worker(transactional_db) -> Iterator[Any]:
+def celery_worker(transactional_db, _no_sessions_left) -> Iterator[Any]:
     """A real Celery worker (in this process, a thread) consuming the real Redis broker."""
     from celery.contrib.testing.worker import start_worker
 
@@ -68,19 +82,6 @@ def celery_worker(transactional_db) -> Iterator[Any]:
         app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=30
     ) as worker:
         yield worker
-    _end_other_sessions()
-
-
-def _end_other_sessions() -> None:
-    """End the test database's sessions other than this thread's: the worker's pool
-    threads keep theirs (persistent connections) after it stops, and pytest-django could
-    not drop the database at the end of the run while they were open."""
-    with connections["default"].cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-            "AND backend_type = 'client backend'"
-        )
 
 
 @pytest.fixture
@@ -132,9 +133,11 @@ def _clear_cache() -> Iterator[None]:
 
 
 @pytest.fixture
-def wake_sends(monkeypatch) -> list[list[str]]:
+def wake_sends(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The subscriber wake-up marks each write to Redis asks for, one list per write (a
-    round trip): a spy on redis-py's real connections, which still send everything."""
+    round trip): a spy on redis-py's real connections, which still send everything. It
+    reads the wire format (RESP) that redis-py's ``send_packed_command`` writes; a
+    redis-py that sends commands another way would leave it empty."""
     import re
 
     from redis.connection import AbstractConnection
@@ -142,7 +145,7 @@ def wake_sends(monkeypatch) -> list[list[str]]:
     sends: list[list[str]] = []
     send = AbstractConnection.send_packed_command
 
-    def spy(self, command, check_health=True):
+    def spy(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
         chunks = [command] if isinstance(command, (str, bytes)) else command
         payload = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
         marks = re.findall(rb"\$3\r\nSET\r\n\$\d+\r\n[^\r]*eventstore:wake:([^\r]+)", payload)

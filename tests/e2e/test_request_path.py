@@ -135,10 +135,16 @@ class TestUserCreate:
         assert '"users_email_reservation"' in queries[1]["sql"]
 
     def test_a_create_wakes_both_subscribers_in_one_round_trip(self, api, wake_sends) -> None:
+        from tests.integration.test_celery_wakeups import broker_tasks
+
         new_user(api)
         assert wake_sends == [["users", "welcome-saga"]]
         new_user(api)  # both wake-ups still queued: the marks are asked for, nothing queued
         assert wake_sends == [["users", "welcome-saga"]] * 2
+        assert sorted(broker_tasks()) == [
+            ("eventstore.tasks.run_subscriber", "('users',)"),
+            ("eventstore.tasks.run_subscriber", "('welcome-saga',)"),
+        ]
 
     def test_a_taken_email_rolls_the_whole_command_back(self, api) -> None:
         first = new_user(api, email="taken@example.org")

@@ -168,6 +168,23 @@ def test_appends_committed_in_a_coalesced_block_wake_once_as_it_ends(wake_sends)
     assert broker_tasks() == [wake, wake]
 
 
+def test_a_coalesced_block_that_raises_still_wakes_for_what_it_committed(wake_sends) -> None:
+    from django.core.cache import cache
+
+    from eventstore import wakeups
+
+    def commit_then_fail() -> None:
+        with wakeups.coalesced():
+            write(2, 1)  # committed
+            raise RuntimeError("after the commit")
+
+    cache.clear()
+    with pytest.raises(RuntimeError):
+        commit_then_fail()
+    assert wake_sends == [["test-tally"]]
+    assert broker_tasks() == [("eventstore.tasks.run_subscriber", "('test-tally',)")]
+
+
 def test_a_burst_of_appends_queues_one_wake_up_per_subscriber() -> None:
     """No worker runs: whatever wakes the tally (appends, the safety net), one task waits."""
     from django.core.cache import cache

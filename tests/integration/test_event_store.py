@@ -182,6 +182,20 @@ class TestIdempotentAppend:
         assert [q["sql"].split()[0] for q in queries].count("SAVEPOINT") == 2
         assert versions(sid) == [0, 1, 2]
 
+    @pytest.mark.parametrize("expected", [NO_STREAM, 5, STREAM_EXISTS])
+    def test_a_conflict_of_payloads_in_a_transaction_leaves_it_usable(self, expected) -> None:
+        """No savepoint, yet a refused append of payloads is no error in the transaction:
+        the stream's version decides before anything is written."""
+        sid = new_stream()
+        store.append(sid, [Noted(text="a")], NO_STREAM)
+        target = sid if expected is not STREAM_EXISTS else new_stream()
+        with transaction.atomic():
+            with pytest.raises(ConcurrencyError):
+                store.append(target, [Noted(text="refused")], expected)
+            store.append(sid, [Noted(text="b")], 0)  # the same transaction goes on
+        assert versions(sid) == [0, 1]
+        assert not Event.objects.filter(data__text="refused").exists()
+
     def test_concurrent_resends_write_once(self, threads) -> None:
         sid = new_stream()
         batch = [NewEvent(Noted(text="a")), NewEvent(Noted(text="b"))]
