@@ -58,6 +58,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -412,7 +413,7 @@ def measure(
 
 
 @contextlib.contextmanager
-def worker_paused() -> Any:
+def worker_paused() -> Iterator[None]:
     """Stop the Celery worker (its pool too) and beat for the duration; resume them after."""
     pids = [
         pid
