@@ -164,9 +164,6 @@ def wake(names: list[str]) -> None:
     if collecting is not None:
         collecting.update(dict.fromkeys(names))
         return
-    if len(names) == 1:
-        send_once(wake_key(names[0]), run_subscriber, (names[0],), what=f"a wake-up for {names[0]}")
-        return
     keys = [wake_key(name) for name in names]
     try:
         free = _set_many(keys, KEY_TTL_SECONDS)
