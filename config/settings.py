@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from kombu import Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = BASE_DIR / ".data"
@@ -169,6 +170,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_timeout": 5.0,
     "visibility_timeout": 3600,
 }
+# The Celery queue of saga steps that send mail; scripts/up.sh serves it with a thread
+# pool. A worker started without --queues serves both queues.
+MAIL_QUEUE = env.str("MAIL_QUEUE", default="mail")
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_QUEUES = (Queue("celery"), Queue(MAIL_QUEUE))
 SUBSCRIBER_SAFETY_NET_SECONDS = env.float("SUBSCRIBER_SAFETY_NET_SECONDS", default=5.0)
 # One task catches a subscriber up for at most this long, then re-queues itself.
 SUBSCRIBER_TASK_TIME_BUDGET_SECONDS = env.float("SUBSCRIBER_TASK_TIME_BUDGET_SECONDS", default=60.0)
@@ -255,7 +261,12 @@ EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
 EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="welcome@users.local")
+# Seconds a kept SMTP connection may sit unused before the next message opens a new one.
+EMAIL_CONNECTION_IDLE_SECONDS = env.float("EMAIL_CONNECTION_IDLE_SECONDS", default=30.0)
 WELCOME_DELAY_SECONDS = env.float("WELCOME_DELAY_SECONDS", default=1.0)
+# One address gets at most one welcome email in this many seconds, whatever users are
+# created and deleted with it.
+WELCOME_EMAIL_COOLDOWN_SECONDS = env.float("WELCOME_EMAIL_COOLDOWN_SECONDS", default=86400.0)
 SITE_NAME = env.str("SITE_NAME", default="the user service")
 
 # --- Security behind TLS (see README, "Production") -------------------------------

@@ -43,11 +43,13 @@ def _set(key: str, ttl: int) -> bool:
     return bool(redis_client(cache).set(cache.make_and_validate_key(key), 1, nx=True, ex=ttl))
 
 
-def _set_many(keys: list[str], ttl: int) -> list[bool]:
-    """:func:`_set` for several keys in one round trip (a pipeline, not a transaction)."""
+def _set_many(keys: list[str], ttl: int | list[int]) -> list[bool]:
+    """:func:`_set` for several keys in one round trip (a pipeline, not a transaction);
+    ``ttl`` for all of them, or one per key."""
+    ttls = ttl if isinstance(ttl, list) else [ttl] * len(keys)
     pipe = redis_client(cache).pipeline(transaction=False)
-    for key in keys:
-        pipe.set(cache.make_and_validate_key(key), 1, nx=True, ex=ttl)
+    for key, seconds in zip(keys, ttls, strict=True):
+        pipe.set(cache.make_and_validate_key(key), 1, nx=True, ex=seconds)
     return [bool(reply) for reply in pipe.execute()]
 
 
@@ -105,6 +107,25 @@ def send_once(
     return _queue(key, task, args, kwargs, countdown, what)
 
 
+def send_many(jobs: list[tuple[str, Any, tuple[Any, ...], float]], *, what: str = "a task") -> int:
+    """:func:`send_once` for many ``(key, task, args, countdown)`` jobs: one round trip to
+    Redis for all the marks, then a task for each whose mark was free. Never raises;
+    returns how many were queued."""
+    if not jobs:
+        return 0
+    keys = [job[0] for job in jobs]
+    try:
+        free = _set_many(keys, [KEY_TTL_SECONDS + int(job[3]) for job in jobs])
+    except Exception as exc:  # Redis is down: the safety net covers them
+        _not_queued(keys, [what], exc)
+        return 0
+    queued = 0
+    for (key, task, args, countdown), mine in zip(jobs, free, strict=True):
+        if mine:
+            queued += _queue(key, task, args, None, countdown, what)
+    return queued
+
+
 def mark(key: str) -> None:
     """Set ``key`` without queueing anything: the caller itself will do what it stands
     for, so wake-ups meanwhile need not queue a task. Never raises."""
@@ -114,12 +135,12 @@ def mark(key: str) -> None:
         logger.warning("could not set %s: %s", key, exc)
 
 
-def clear(key: str) -> None:
+def clear(*keys: str) -> None:
     """Called by the task as it starts: from now on, new work queues a new task."""
     try:
-        _delete(key)
+        _delete(*keys)
     except Exception as exc:
-        logger.warning("could not clear %s: %s", key, exc)
+        logger.warning("could not clear %s: %s", ", ".join(keys), exc)
 
 
 # The subscriber names held by the innermost enclosing coalesced() block, if any (an

@@ -1,8 +1,8 @@
 """Saga instances in the admin: read-only state, with retry and cancel as actions.
 
-The actions call :mod:`sagas.steps` under the instance's row lock, the lock a running
-step holds, so an operator never races a worker. Event pages link to the sagas that
-handled them.
+The actions call :mod:`sagas.runner` under the instance's row lock, so an operator's
+change and a running step's save cannot cross (the step's save is refused and undone).
+Event pages link to the sagas that handled them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from eventstore.admin import DistinctValueFilter, Link, ReadOnlyAdmin, related_l
 from eventstore.admin_views import distinct_values, event_url, highlight_json, stream_url
 from eventstore.models import Event
 from eventstore.subscriptions import ProcessManager
-from sagas import steps, welcome
+from sagas import registry, runner
 from sagas.models import SagaInstance
 
 OPERATE = "sagas.change_sagainstance"
@@ -50,7 +50,7 @@ class SagaInstanceAdmin(ReadOnlyAdmin):
     ]
     list_filter = ["status", SagaTypeFilter]
     search_fields = ["correlation_key"]  # the search itself is get_search_results
-    search_help_text = "An exact correlation key (for the welcome saga: the user id)."
+    search_help_text = "An exact correlation key (for a user's saga: the user id)."
     ordering = ["-id"]  # start order, served by the primary key (started_at has no index)
     actions = ["retry", "cancel"]
     fields = [
@@ -77,9 +77,13 @@ class SagaInstanceAdmin(ReadOnlyAdmin):
 
     @admin.display(description="stream")
     def stream(self, instance: SagaInstance) -> SafeString | str:
-        if instance.saga_type != welcome.SAGA_TYPE:
+        try:
+            stream_of = registry.get(instance.saga_type).subject_stream
+        except LookupError:
+            stream_of = None
+        if stream_of is None:
             return self.get_empty_value_display()
-        stream_id = f"user-{instance.correlation_key}"
+        stream_id = stream_of(instance.correlation_key)
         return format_html('<a href="{}">{}</a>', stream_url(stream_id), stream_id)
 
     @admin.display(description="handled events")
@@ -119,12 +123,12 @@ class SagaInstanceAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Retry the step of the selected sagas now", permissions=["operate"])
     def retry(self, request: HttpRequest, queryset: QuerySet) -> None:
-        self._operate(request, queryset, steps.retry, "queued for a retry")
+        self._operate(request, queryset, runner.retry, "queued for a retry")
 
     @admin.action(description="Cancel the selected sagas", permissions=["operate"])
     def cancel(self, request: HttpRequest, queryset: QuerySet) -> None:
         reason = f"cancelled by {request.user.get_username()} in the admin"
-        self._operate(request, queryset, lambda i: steps.cancel(i, reason=reason), "cancelled")
+        self._operate(request, queryset, lambda i: runner.cancel(i, reason=reason), "cancelled")
 
     def _operate(
         self,

@@ -7,7 +7,6 @@ class SagasConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from eventstore import subscriptions
-        from sagas.welcome import WelcomeSaga
+        from sagas import welcome
 
-        subscriptions.register(WelcomeSaga())
+        welcome.register()

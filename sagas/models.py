@@ -1,4 +1,5 @@
-"""Saga state: one row per saga instance, written only by the saga's own steps."""
+"""Saga state: one row per saga instance, written by its subscriber and its steps; and
+the mail cooldowns the steps keep."""
 
 from django.contrib.postgres.indexes import GinIndex
 from django.db import models
@@ -15,8 +16,12 @@ class SagaInstance(models.Model):
         FAILED = "failed"
         CANCELLED = "cancelled"
 
+    OPEN = (Status.STARTED, Status.WAITING)
+
     saga_type = models.CharField(max_length=100)
-    correlation_key = models.CharField(max_length=200, help_text="For the welcome saga: user id.")
+    correlation_key = models.CharField(
+        max_length=200, help_text="What the instance is about (for a user's saga: the user id)."
+    )
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.STARTED)
     step = models.CharField(max_length=50, help_text="The next thing the saga will do.")
     attempts = models.PositiveIntegerField(default=0, help_text="Failed tries of the step.")
@@ -24,7 +29,11 @@ class SagaInstance(models.Model):
     last_error = models.TextField(blank=True, default="")
     handled_events = models.JSONField(default=list, help_text="Ids of the events handled.")
     issued_commands = models.JSONField(default=list, help_text="Ids of the commands issued.")
-    data = models.JSONField(default=dict, help_text="What the steps need (email, names...).")
+    data = models.JSONField(
+        default=dict,
+        help_text="What the steps need and did: ids and times, never personal data (the "
+        "steps read that when they need it).",
+    )
     started_at = models.DateTimeField(db_default=Now())
     updated_at = models.DateTimeField(db_default=Now())
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -52,4 +61,19 @@ class SagaInstance(models.Model):
 
     @property
     def is_open(self) -> bool:
-        return self.status in (self.Status.STARTED, self.Status.WAITING)
+        return self.status in self.OPEN
+
+
+class MailCooldown(models.Model):
+    """When a message of one purpose last went to one address (by a keyed hash of it)."""
+
+    key = models.CharField(
+        max_length=64, primary_key=True, help_text="HMAC of purpose and address."
+    )
+    sent_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "sagas_mail_cooldown"
+
+    def __str__(self) -> str:
+        return self.key

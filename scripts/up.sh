@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Start the service locally: PostgreSQL and Redis (embedded under .data/ unless
 # DATABASE_URL / REDIS_URL are set in the environment or .env), migrations, static files,
-# a staff superuser, gunicorn, a Celery worker and Celery beat. Safe to run again: what
-# already runs is left alone. Stop everything with scripts/down.sh.
+# a staff superuser, gunicorn, two Celery workers (subscribers and saga steps; the mail
+# queue on a thread pool) and Celery beat. Safe to run again: what already runs is left
+# alone. Stop everything with scripts/down.sh.
 #
-# Settings: HOST (127.0.0.1), PORT (8000), WEB_CONCURRENCY (2),
+# Settings: HOST (127.0.0.1), PORT (8000), WEB_CONCURRENCY (2), MAIL_QUEUE (mail),
+# MAIL_WORKER_CONCURRENCY (20),
 # DJANGO_SUPERUSER_USERNAME / _EMAIL / _PASSWORD (admin / admin@example.com / admin);
 # see .env.example.
 set -euo pipefail
@@ -16,17 +18,21 @@ cd "$ROOT"
 HEALTH_TIMEOUT=60
 
 sync_venv
-load_config DATABASE_URL REDIS_URL HOST PORT WEB_CONCURRENCY \
+load_config DATABASE_URL REDIS_URL HOST PORT WEB_CONCURRENCY MAIL_QUEUE MAIL_WORKER_CONCURRENCY \
     DJANGO_SUPERUSER_USERNAME DJANGO_SUPERUSER_EMAIL DJANGO_SUPERUSER_PASSWORD
 
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
 WEB_CONCURRENCY=${WEB_CONCURRENCY:-2}
+MAIL_QUEUE=${MAIL_QUEUE:-mail}
+MAIL_WORKER_CONCURRENCY=${MAIL_WORKER_CONCURRENCY:-20}
 export DJANGO_SUPERUSER_USERNAME=${DJANGO_SUPERUSER_USERNAME:-admin}
 export DJANGO_SUPERUSER_EMAIL=${DJANGO_SUPERUSER_EMAIL:-admin@example.com}
 export DJANGO_SUPERUSER_PASSWORD=${DJANGO_SUPERUSER_PASSWORD:-admin}
 [[ $PORT =~ ^[0-9]+$ ]] || die "PORT must be a number, got '$PORT'"
 [[ $WEB_CONCURRENCY =~ ^[1-9][0-9]*$ ]] || die "WEB_CONCURRENCY must be a positive number, got '$WEB_CONCURRENCY'"
+[[ $MAIL_WORKER_CONCURRENCY =~ ^[1-9][0-9]*$ ]] ||
+    die "MAIL_WORKER_CONCURRENCY must be a positive number, got '$MAIL_WORKER_CONCURRENCY'"
 
 WANT_EMBEDDED_PG=false
 WANT_EMBEDDED_REDIS=false
@@ -64,11 +70,13 @@ $WANT_EMBEDDED_PG && ! embedded_postgres_pid >/dev/null && all_running=false
 $WANT_EMBEDDED_REDIS && ! embedded_redis_pid redis >/dev/null && all_running=false
 live_pid "$GUNICORN_PIDFILE" gunicorn >/dev/null || all_running=false
 live_pid "$WORKER_PIDFILE" celery >/dev/null || all_running=false
+live_pid "$MAIL_WORKER_PIDFILE" celery >/dev/null || all_running=false
 live_pid "$BEAT_PIDFILE" celery >/dev/null || all_running=false
 if $all_running; then
     running_url=$(cat "$WEB_URL_FILE" 2>/dev/null || printf '%s' "$BASE_URL")
     say "Already running; nothing changed (gunicorn pid $(live_pid "$GUNICORN_PIDFILE" gunicorn)," \
-        "worker pid $(live_pid "$WORKER_PIDFILE" celery), beat pid $(live_pid "$BEAT_PIDFILE" celery))."
+        "workers $(live_pid "$WORKER_PIDFILE" celery) and $(live_pid "$MAIL_WORKER_PIDFILE" celery)," \
+        "beat $(live_pid "$BEAT_PIDFILE" celery))."
     if [[ $running_url != "$BASE_URL" ]]; then
         warn "it serves $running_url, not $BASE_URL: run scripts/down.sh first to change HOST/PORT"
     fi
@@ -193,24 +201,29 @@ printf '%s\n' "$BASE_URL" >"$WEB_URL_FILE"
 # Celery runs from the project root; --workdir makes the re-executed detached worker
 # chdir back there (a detached process starts in /).
 start_celery() {
-    local name=$1 pidfile=$2 logfile=$3 pid
-    shift 3
+    local label=$1 command=$2 pidfile=$3 logfile=$4 pid
+    shift 4
     if pid=$(live_pid "$pidfile" celery); then
-        say "Celery $name already running (pid $pid)"
+        say "Celery $label already running (pid $pid)"
         return 0
     fi
     rm -f "$pidfile"
-    info "Starting Celery $name"
-    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$VENV/bin/celery" --workdir "$ROOT" -A config "$name" \
+    info "Starting Celery $label"
+    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$VENV/bin/celery" --workdir "$ROOT" -A config "$command" \
         --detach --loglevel INFO --umask 022 \
         --pidfile "$pidfile" --logfile "$logfile" "$@" || {
         show_log_tail "$logfile"
-        die "Celery $name did not start"
+        die "Celery $label did not start"
     }
-    STARTED+=("Celery $name")
+    STARTED+=("Celery $label")
 }
-start_celery worker "$WORKER_PIDFILE" "$WORKER_LOG"
-start_celery beat "$BEAT_PIDFILE" "$BEAT_LOG" --schedule "$BEAT_SCHEDULE"
+# The default queue (subscribers, replays) on processes, one per core; the mail queue on
+# threads, since a send mostly waits on the relay. Distinct node names, so that the
+# two (and those of other machines) can be told apart.
+start_celery worker worker "$WORKER_PIDFILE" "$WORKER_LOG" --hostname "worker@%h" --queues celery
+start_celery "mail worker" worker "$MAIL_WORKER_PIDFILE" "$MAIL_WORKER_LOG" --hostname "mail@%h" \
+    --queues "$MAIL_QUEUE" --pool threads --concurrency "$MAIL_WORKER_CONCURRENCY"
+start_celery beat beat "$BEAT_PIDFILE" "$BEAT_LOG" --schedule "$BEAT_SCHEDULE"
 
 # --- wait until it serves --------------------------------------------------------------
 info "Waiting up to ${HEALTH_TIMEOUT}s for $BASE_URL/health"
@@ -240,6 +253,7 @@ check_celery() {
     die "Celery $name is not running (log: ${logfile#"$ROOT"/})"
 }
 check_celery worker "$WORKER_PIDFILE" "$WORKER_LOG"
+check_celery "mail worker" "$MAIL_WORKER_PIDFILE" "$MAIL_WORKER_LOG"
 check_celery beat "$BEAT_PIDFILE" "$BEAT_LOG"
 
 ready_status=$(http_status "$BASE_URL/ready")

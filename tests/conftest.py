@@ -73,13 +73,19 @@ def _no_sessions_left(django_db_setup, django_db_blocker) -> Iterator[None]:
 def celery_worker(transactional_db, _no_sessions_left) -> Iterator[Any]:
     """A real Celery worker (in this process, a thread) consuming the real Redis broker."""
     from celery.contrib.testing.worker import start_worker
+    from django.conf import settings
 
     import eventstore.tasks  # noqa: F401  (registers the tasks with the app)
     from config.celery import app
 
     app.control.purge()
     with start_worker(
-        app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=30
+        app,
+        pool="threads",
+        concurrency=2,
+        perform_ping_check=False,
+        shutdown_timeout=30,
+        queues=["celery", settings.MAIL_QUEUE],
     ) as worker:
         yield worker
 

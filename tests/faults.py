@@ -348,7 +348,7 @@ class ApiLoad:
 def drive_in_process(timeout: float = 60) -> None:
     """Run the subscribers and every due saga step here until the run is quiet."""
     from eventstore import subscriptions
-    from sagas import welcome
+    from sagas import runner
     from sagas.models import SagaInstance
     from tests.conftest import settle
     from tests.consistency import quiet
@@ -360,7 +360,7 @@ def drive_in_process(timeout: float = 60) -> None:
         for instance_id in SagaInstance.objects.filter(
             status__in=["started", "waiting"]
         ).values_list("pk", flat=True):
-            welcome.run(instance_id)
+            runner.run(instance_id)
         subscriptions.catch_up_all()
         if quiet():
             return

@@ -100,11 +100,22 @@ class Child:
         return self.log.read_text(errors="replace")
 
 
-def celery_worker(env: dict[str, str], log: Path, concurrency: int = 1) -> Child:
+def celery_worker(
+    env: dict[str, str],
+    log: Path,
+    concurrency: int = 1,
+    *,
+    queues: str = "celery,mail",
+    pool: str = "prefork",
+    name: str = "",
+) -> Child:
+    """A worker process serving the default and the mail queue (as scripts/up.sh's two
+    workers do together), unless told otherwise; ``name`` sets its node name."""
     return Child(
         [
             sys.executable, "-m", "celery", "-A", "config", "worker",
-            "--loglevel", "INFO", "--concurrency", str(concurrency),
+            "--loglevel", "INFO", "--concurrency", str(concurrency), "--pool", pool,
+            "--queues", queues, "--hostname", f"{name or 'worker'}-{os.getpid()}-{free_port()}@%h",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ],
         env,

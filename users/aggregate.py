@@ -32,6 +32,10 @@ class User(Aggregate):
     def exists(self) -> bool:
         return self.version >= 0
 
+    @property
+    def is_active(self) -> bool:
+        return self.status == ACTIVE
+
     # --- behaviour -------------------------------------------------------------------
 
     @classmethod

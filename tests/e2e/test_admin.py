@@ -23,7 +23,7 @@ from eventstore.context import message_context
 from eventstore.models import Checkpoint, Event, Stream
 from eventstore.replay import REPLAY_LOCK_NAMESPACE, replay_lock_key
 from eventstore.tasks import replay_progress_key, replay_projection
-from sagas import welcome
+from sagas import runner
 from sagas.models import SagaInstance
 from tests import processes
 from tests.conftest import settle
@@ -66,19 +66,11 @@ def catch_up(*names: str) -> None:
         subscriptions.catch_up(subscriptions.get(name))
 
 
-@pytest.fixture(autouse=True)
-def _welcomes_by_the_runner(monkeypatch) -> None:
-    """Instances wait for their welcome until a test runs it (``run_welcome``), so pages
-    can show waiting and welcomed ones side by side; the saga's subscriber would else
-    welcome every due one as its batch commits."""
-    monkeypatch.setattr(welcome.WelcomeSaga, "welcomes_when_due", False)
-
-
 def run_welcome(user_id: uuid.UUID) -> SagaInstance:
     """Run the welcome saga in-process up to UserWelcomed (caused by UserCreated)."""
     catch_up("welcome-saga")
     instance = SagaInstance.objects.get(correlation_key=str(user_id))
-    assert welcome.run(instance.pk) == "send_email"
+    assert runner.run(instance.pk, max_steps=1) == "send_email"
     catch_up()
     return SagaInstance.objects.get(pk=instance.pk)
 

@@ -111,21 +111,21 @@ def test_appends_while_redis_is_down_are_processed_when_it_returns(tmp_path) -> 
         redis.stop()
 
 
-def broker_headers() -> list[dict]:
-    """The headers (task, argsrepr, eta...) of every message waiting in the broker's
-    default queue."""
+def broker_headers(queue: str = "celery") -> list[dict]:
+    """The headers (task, argsrepr, eta...) of every message waiting in a broker queue
+    (the default one unless named)."""
     import json
 
     import redis
     from django.conf import settings
 
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    return [json.loads(raw)["headers"] for raw in client.lrange("celery", 0, -1)]
+    return [json.loads(raw)["headers"] for raw in client.lrange(queue, 0, -1)]
 
 
-def broker_tasks() -> list[tuple[str, str]]:
-    """(task name, args) of every message waiting in the broker's default queue."""
-    return [(h["task"], h["argsrepr"]) for h in broker_headers()]
+def broker_tasks(queue: str = "celery") -> list[tuple[str, str]]:
+    """(task name, args) of every message waiting in a broker queue."""
+    return [(h["task"], h["argsrepr"]) for h in broker_headers(queue)]
 
 
 def test_waking_several_subscribers_asks_redis_once(wake_sends) -> None:

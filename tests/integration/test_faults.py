@@ -296,10 +296,9 @@ def test_projection_follows_stream_order_when_a_saga_took_its_id_first(monkeypat
     but a smaller version, so the feed delivers that stream out of order. The read model
     must still end as the stream says."""
     from eventstore import subscriptions
-    from sagas import welcome
+    from sagas import runner
     from tests.conftest import settle
 
-    monkeypatch.setattr(welcome.WelcomeSaga, "welcomes_when_due", False)  # the runner's path
     user_id = create_user()
     settle()
     subscriptions.catch_up(subscriptions.get("welcome-saga"))  # the saga waits to welcome
@@ -314,7 +313,7 @@ def test_projection_follows_stream_order_when_a_saga_took_its_id_first(monkeypat
         return load(aggregate_id)
 
     monkeypatch.setattr(handlers.repository, "load", load_after_a_pause)
-    thread, out = _in_thread(lambda: welcome.run(instance.pk), name="saga-step")
+    thread, out = _in_thread(lambda: runner.run(instance.pk), name="saga-step")
     assert paused.wait(30)  # the step holds its row lock: its transaction has an id
     handlers.handle(UpdateUser(user_id=user_id, expected_version=None, first_name="Later"))
     go.set()

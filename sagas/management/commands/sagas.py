@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from sagas import steps
+from sagas import runner
 from sagas.models import SagaInstance
 
 
@@ -25,7 +25,7 @@ class Command(BaseCommand):
         if options["action"] == "list":
             self._list(options["status"], options["limit"])
             return
-        operate = steps.retry if options["action"] == "retry" else steps.cancel
+        operate = runner.retry if options["action"] == "retry" else runner.cancel
         for instance_id in options["ids"]:
             # The row lock keeps this from racing a step that is running right now.
             with transaction.atomic():
@@ -47,8 +47,8 @@ class Command(BaseCommand):
             self.stdout.write("no saga instances" + (f" with status {status}" if status else ""))
             return
         for i in rows:
-            error = f"  error: {i.last_error[:80]}" if i.last_error else ""
+            error = f"  error: {i.last_error[:200]}" if i.last_error else ""
             self.stdout.write(
                 f"{i.pk:>6}  {i.saga_type:<8} {i.correlation_key}  {i.status:<9} "
-                f"step={i.step:<14} attempts={i.attempts}{error}"
+                f"step={i.step:<11} attempts={i.attempts}{error}"
             )
