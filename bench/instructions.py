@@ -96,7 +96,7 @@ def child_setup() -> None:
     from django.contrib.auth import get_user_model
     from django.core.cache import cache
 
-    from eventstore import subscriptions
+    from eventstore import subscribers, subscriptions
     from users import handlers
     from users.authentication import issue_token
     from users.commands import CreateUser
@@ -107,7 +107,7 @@ def child_setup() -> None:
     result = handlers.handle(
         CreateUser(email="ada@example.com", first_name="Ada", last_name="Lovelace")
     )
-    subscriptions.catch_up(subscriptions.get("users"))
+    subscriptions.catch_up(subscribers.get("users"))
     print(json.dumps({"token": token, "user_id": str(result.user.id)}))
 
 
@@ -170,10 +170,11 @@ def _hold_wake_up_marks() -> None:
     """Mark a wake-up of every subscriber as queued, for an hour (see the docstring)."""
     from django.core.cache import cache
 
-    from eventstore import subscriptions, wakeups
+    from eventstore import subscribers, wakeups
 
-    for subscriber in subscriptions.all_subscribers():
-        cache.set(wakeups.wake_key(subscriber.name), 1, 3600)
+    for subscriber in subscribers.all_subscribers():
+        for partition in subscribers.partitions_of(subscriber):
+            cache.set(wakeups.wake_key(subscriber.name, partition.number), 1, 3600)
 
 
 def count_instructions(

@@ -20,7 +20,7 @@ At each stage the systems below rebuild from the first event, each in a fresh sp
 process (so its peak RSS is its own), in rounds that rotate the order; the what-if runs
 at the largest stage only:
 
-* ours           ``eventstore.replay.replay(subscriptions.get("users"), batch_size=2000)``
+* ours           ``eventstore.replay.replay(subscribers.get("users"), batch_size=2000)``
                  as the working tree has it, to the end (it swaps the result in, and the
                  read model it built is compared with one computed from the events in SQL).
                  Its statements are timed by kind: those through Django's cursor (feed,
@@ -605,14 +605,14 @@ def _measure_ours(system: str, args: dict, total: int) -> dict[str, Any]:
     django.setup()
     from django.db import connection, connections
 
-    from eventstore import replay, store, subscriptions
+    from eventstore import replay, store, subscribers
 
     feed_fixed_in_store = _FEED_ORDER_TEXT not in store._FEED_SQL
     if system == "ours_feedfix":
         store._FEED_SQL = _fixed_feed_sql(store._FEED_SQL)
     elif system == "ours_textsort":
         store._FEED_SQL = _text_sort_feed_sql(store._FEED_SQL)
-    projection = subscriptions.get("users")
+    projection = subscribers.get("users")
     statements: dict[str, list[float]] = {}
     feed_times: list[float] = []  # one per page, in order
     pages: list[tuple[float, int]] = []  # (seconds since start, events done) after each page

@@ -176,6 +176,15 @@ MAIL_QUEUE = env.str("MAIL_QUEUE", default="mail")
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_QUEUES = (Queue("celery"), Queue(MAIL_QUEUE))
 SUBSCRIBER_SAFETY_NET_SECONDS = env.float("SUBSCRIBER_SAFETY_NET_SECONDS", default=5.0)
+# Partition counts that override the subscribers' own, e.g. "users=4,welcome-saga=2". A
+# change takes 'manage.py repartition NAME' (or a replay) before the subscriber runs again.
+SUBSCRIBER_PARTITIONS = {
+    name.strip(): int(count)
+    for name, count in env.dict("SUBSCRIBER_PARTITIONS", default={}).items()
+}
+# A read-your-writes wait answers at once when its event is older than this and its
+# partition has not moved for as long: the subscriber is stalled, not busy.
+SUBSCRIBER_STALL_SECONDS = env.float("SUBSCRIBER_STALL_SECONDS", default=10.0)
 # One task catches a subscriber up for at most this long, then re-queues itself.
 SUBSCRIBER_TASK_TIME_BUDGET_SECONDS = env.float("SUBSCRIBER_TASK_TIME_BUDGET_SECONDS", default=60.0)
 CELERY_BEAT_SCHEDULE = {

@@ -24,7 +24,7 @@ from django.utils.safestring import SafeString
 
 from eventstore import admin_views
 from eventstore.admin_views import (
-    EstimatedCountPaginator,
+    ReadOnlyAdmin,
     distinct_values,
     event_search_url,
     event_url,
@@ -32,7 +32,7 @@ from eventstore.admin_views import (
     parse_uuid,
     stream_url,
 )
-from eventstore.models import Checkpoint, Event, Stream
+from eventstore.models import Event, Stream
 
 Link = tuple[str, str]  # (label, url)
 LinkProvider = Callable[[HttpRequest, Any], Iterable[Link]]
@@ -55,23 +55,6 @@ def related_links(model: type[Model]) -> Callable[[LinkProvider], LinkProvider]:
 
 def links_for(request: HttpRequest, obj: Model) -> list[Link]:
     return [link for provider in _link_providers[type(obj)] for link in provider(request, obj)]
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Shows rows and never writes them: no add, change (POSTs refused) or delete."""
-
-    actions = None
-    paginator = EstimatedCountPaginator
-    show_full_result_count = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class DistinctValueFilter(admin.SimpleListFilter):
@@ -344,43 +327,5 @@ class EventAdmin(ReadOnlyAdmin):
         return admin_views.dashboard(request, self)
 
 
-@admin.register(Checkpoint)
-class CheckpointAdmin(ReadOnlyAdmin):
-    """Subscribers. The list is every registered subscriber, with or without a row yet."""
-
-    fields = [
-        "name",
-        "kind",
-        "cursor_transaction_id",
-        "cursor_position",
-        "events_processed",
-        "updated_at",
-        "last_event_at",
-        "wake_requested",
-        "error",
-        "error_position",
-        "error_count",
-        "retry_at",
-    ]
-    readonly_fields = fields
-
-    def changelist_view(
-        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
-    ) -> HttpResponse:
-        return admin_views.subscribers(request, self)
-
-    def get_urls(self) -> list[URLPattern]:
-        view = self.admin_site.admin_view
-        return [
-            path(
-                "<str:name>/retry/",
-                view(admin_views.retry_subscriber),
-                name="eventstore_checkpoint_retry",
-            ),
-            path(
-                "<str:name>/replay/",
-                view(admin_views.replay),
-                name="eventstore_checkpoint_replay",
-            ),
-            *super().get_urls(),
-        ]
+# The subscribers' pages (checkpoints, parked streams) register themselves there.
+from eventstore import admin_subscribers  # noqa: E402,F401

@@ -1,10 +1,8 @@
 """The staff console's own pages and the pieces the event store's ModelAdmins share.
 
-Pages: the live tail (polls a JSON feed built on the gap-safe ``store.read_all``), the
-dashboard (events per minute, totals, subscribers needing attention), the subscribers
-page with its retry and replay operations, and the replay progress the page polls.
-Everything here reads; the only writes go through the engine's own functions
-(``subscriptions.retry_now``, ``eventstore.tasks.replay_projection``).
+Pages: the live tail (polls a JSON feed built on the gap-safe ``store.read_all``) and the
+dashboard (events per minute, totals, subscribers needing attention). The subscribers'
+pages are in :mod:`eventstore.admin_subscribers`. Everything here reads.
 
 Tables hold millions of events, so nothing here counts a whole table on a page view:
 lists use :class:`EstimatedCountPaginator`, filter choices come from skip scans of an
@@ -23,28 +21,24 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
-from django.contrib import messages
+from django.contrib import admin
 from django.contrib.admin.utils import quote
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection, connections
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import HttpRequest, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
-from django.views.decorators.http import require_POST
 
-from eventstore import status, store, subscriptions
+from eventstore import status, store
 from eventstore.cursor import Cursor
 from eventstore.errors import InvalidCursor
-from eventstore.models import Checkpoint
-from eventstore.subscriptions import Projection
-from eventstore.tasks import replay_progress_key, replay_projection, report_replay, run_subscriber
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +71,7 @@ def admin_context(request: HttpRequest, model_admin: Any, title: str) -> dict[st
 
 
 # --- pieces the ModelAdmins use -----------------------------------------------------
+
 
 _JSON_TOKEN = re.compile(
     r'(?P<key>"(?:[^"\\]|\\.)*"(?=\s*:))'
@@ -125,6 +120,23 @@ class EstimatedCountPaginator(Paginator):
             return queryset.count()
         self.is_estimate = True
         return estimate
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Shows rows and never writes them: no add, change (POSTs refused) or delete."""
+
+    actions = None
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 def distinct_values(table: str, column: str, limit: int = 200) -> list[str]:
@@ -304,7 +316,7 @@ def dashboard_data() -> dict[str, Any]:
         data = {
             "chart": _events_per_minute(),
             **_totals(),
-            "attention": [row for row in status.subscriber_status() if row["lag"] or row["error"]],
+            "attention": [row for row in status.subscriber_status() if row["state"] != "caught up"],
             "computed_at": timezone.now(),
         }
         with contextlib.suppress(Exception):
@@ -381,113 +393,3 @@ def _totals() -> dict[str, Any]:
                 key=lambda pair: -pair[1],
             )
     return {"by_category": by["category"], "by_type": by["event_type"], "approx": True}
-
-
-# --- subscribers ----------------------------------------------------------------------
-
-
-def subscribers(request: HttpRequest, model_admin: Any) -> TemplateResponse:
-    """Every projection and process manager: position, lag, activity, errors, replays."""
-    if not model_admin.has_view_permission(request):
-        raise PermissionDenied
-    rows = status.subscriber_status()
-    replays = replay_states()
-    # The cursor's position alone reads 0 once a subscriber reaches the horizon, which
-    # is (transaction id, 0): show both parts.
-    xids = dict(Checkpoint.objects.values_list("name", "cursor_transaction_id"))
-    for row in rows:
-        row["cursor_transaction_id"] = xids.get(row["name"], 0)
-        try:
-            subscriber = subscriptions.get(row["name"])
-        except LookupError:
-            subscriber = None
-        row["replayable"] = isinstance(subscriber, Projection) and bool(subscriber.read_models)
-        row["registered"] = subscriber is not None
-        row["replay"] = replays.get(row["name"])
-        row["change_url"] = reverse("admin:eventstore_checkpoint_change", args=[quote(row["name"])])
-        if row["error_position"]:
-            row["error_url"] = event_url(row["error_position"])
-    context = {
-        **admin_context(request, model_admin, "Subscribers"),
-        "rows": rows,
-        "can_operate": request.user.has_perm(OPERATE_SUBSCRIBERS),
-        "poll_ms": 1000,
-    }
-    return TemplateResponse(request, "admin/eventstore/checkpoint/subscribers.html", context)
-
-
-def _subscriber_or_404(name: str) -> subscriptions.Subscriber:
-    try:
-        return subscriptions.get(name)
-    except LookupError:
-        raise Http404(f"no subscriber named {name!r}") from None
-
-
-def _back_to_subscribers() -> HttpResponseRedirect:
-    return HttpResponseRedirect(reverse("admin:eventstore_checkpoint_changelist"))
-
-
-@require_POST
-def retry_subscriber(request: HttpRequest, name: str) -> HttpResponse:
-    """Lift a failed subscriber's backoff and queue a catch-up now."""
-    require(request, OPERATE_SUBSCRIBERS)
-    subscriber = _subscriber_or_404(name)
-    lifted = subscriptions.retry_now(subscriber.name)
-    try:
-        run_subscriber.delay(subscriber.name)
-    except Exception as exc:  # broker down: the periodic safety net retries it
-        messages.warning(
-            request, f"{name}: could not queue the retry ({exc}); the safety net will."
-        )
-        return _back_to_subscribers()
-    if lifted:
-        messages.success(request, f"{name}: backoff lifted, retry queued.")
-    else:
-        messages.info(request, f"{name} was not waiting to retry; a catch-up is queued anyway.")
-    return _back_to_subscribers()
-
-
-def replay_states() -> dict[str, dict[str, Any]]:
-    """The last known replay of each subscriber; none while the cache is unreachable."""
-    keys = {replay_progress_key(s.name): s.name for s in subscriptions.all_subscribers()}
-    try:
-        found = cache.get_many(list(keys))
-    except Exception as exc:  # the page is most needed during an outage: show the rest
-        logger.warning("replay progress unavailable: %s", exc)
-        return {}
-    return {keys[key]: progress for key, progress in found.items()}
-
-
-def replay(request: HttpRequest, name: str) -> HttpResponse:
-    """GET: the replay's progress as JSON (the page polls it). POST: start a replay."""
-    if request.method not in ("GET", "POST"):
-        return HttpResponse(status=405, headers={"Allow": "GET, POST"})
-    require(request, VIEW_SUBSCRIBERS if request.method == "GET" else OPERATE_SUBSCRIBERS)
-    subscriber = _subscriber_or_404(name)
-    if request.method == "GET":
-        return JsonResponse({"name": name, "replay": replay_states().get(name)})
-    if not isinstance(subscriber, Projection) or not subscriber.read_models:
-        messages.error(request, f"{name} is not a projection with read models; it cannot replay.")
-        return _back_to_subscribers()
-    current = replay_states().get(name) or {}
-    if _replay_active(current):
-        messages.warning(request, f"A replay of {name} is already {current['state']}.")
-        return _back_to_subscribers()
-    now = timezone.now().isoformat()
-    report_replay(name, {"state": "queued", "done": 0, "queued_at": now, "updated_at": now})
-    try:
-        replay_projection.delay(name)
-    except Exception as exc:  # the broker is down
-        report_replay(name, {"state": "failed", "error": f"could not queue: {exc}", "done": 0})
-        messages.error(request, f"Could not queue the replay of {name}: {exc}")
-        return _back_to_subscribers()
-    messages.success(request, f"Replay of {name} queued; progress shows below.")
-    return _back_to_subscribers()
-
-
-def _replay_active(progress: dict[str, Any]) -> bool:
-    """Queued or running, and heard of recently (a dead worker does not block forever)."""
-    if progress.get("state") not in ("queued", "running"):
-        return False
-    updated = datetime.fromisoformat(progress["updated_at"])
-    return timezone.now() - updated < timedelta(seconds=REPLAY_QUEUED_STALE_SECONDS)

@@ -5,10 +5,14 @@ batch runs with ``search_path`` pointing there first, so the projection's ordina
 handlers (ORM or SQL, unqualified table names) write to the copies while they still
 read events from the real table (read one page ahead, on a second connection). Batches
 commit one by one, so the rebuild never holds back other subscribers' horizon for long.
-The swap is one short transaction: it takes the live projection's lock, catches the
-copy up to the end of the feed, replaces the live rows with the copy's, and moves the
-live checkpoint. Readers see the old rows until that commit and the new ones after it;
-never an empty or half-built table.
+The swap is one short transaction: it takes the locks of all the live projection's
+partitions, catches the copy up to the end of the feed, replaces the live rows with the
+copy's, and puts every partition's checkpoint there (for the configured partition count:
+a replay is also how a projection changes its count). Readers see the old rows until that
+commit and the new ones after it; never an empty or half-built table.
+
+Events an operator skipped stay skipped; an event that fails parks its stream as in the
+live projection, and the parked streams after the swap are the replay's.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ from dataclasses import dataclass
 from django.db import connections, transaction
 from django.db.models import Model
 
-from eventstore import store, subscriptions
+from eventstore import parking, store, subscriptions
 from eventstore.cursor import Cursor
-from eventstore.subscriptions import Projection
+from eventstore.models import Checkpoint, ParkedStream, SkippedEvent
+from eventstore.partitions import partition_of
+from eventstore.store import Undecodable
+from eventstore.subscribers import Partition, Projection
 
 Progress = Callable[[int], None]
 REPLAY_LOCK_NAMESPACE = 0x5E6  # session-level: held across the replay's many transactions
@@ -103,21 +110,46 @@ def drop_scratch(projection: Projection, using: str = "default") -> None:
         )
 
 
-def _handle(projection: Projection, schema: str, page: store.FeedPage, using: str) -> None:
-    """Handle one page into the scratch tables; call inside a transaction."""
+def _handle(
+    projection: Projection,
+    schema: str,
+    page: store.FeedPage,
+    skipped: set,
+    parks: parking.Parks,
+    using: str,
+) -> None:
+    """Handle one page into the scratch tables; call inside a transaction. Events an
+    operator skipped are left out; one that fails parks its stream in ``parks``."""
     connection = connections[using]
     with connection.cursor() as db:  # scratch first, then wherever the live tables are
         db.execute(
             "SELECT set_config('search_path', %s || ', ' || current_setting('search_path'), true)",
             [_quote(connection, schema)],
         )
-    projection.handle_batch(page.events)
+    events = [e for e in page.events if e.event_id not in skipped and e.stream_id not in parks]
+    if all(not isinstance(e.data, Undecodable) for e in events):
+        try:
+            with transaction.atomic(using=using):
+                projection.handle_batch(events)
+            events = []
+        except parking.TRANSIENT:
+            raise
+        except Exception:
+            pass  # redone event by event below, to park only what fails
+    if events:
+        parking.handle(projection, events, parks)
     with connection.cursor() as db:
         db.execute("SET LOCAL search_path TO DEFAULT")
 
 
 def _read(projection: Projection, cursor: Cursor, batch_size: int, using: str) -> store.FeedPage:
-    return store.read_all(cursor, limit=batch_size, event_types=projection.event_types, using=using)
+    return store.read_all(
+        cursor,
+        limit=batch_size,
+        event_types=projection.event_types,
+        keep_undecodable=True,
+        using=using,
+    )
 
 
 def _pages(
@@ -228,6 +260,12 @@ def rebuild(
     tables = _tables(projection)
     connection = connections[using]
     handled = 0
+    skipped = set(
+        SkippedEvent.objects.using(using)
+        .filter(subscriber=projection.name)
+        .values_list("event_id", flat=True)
+    )
+    parks: parking.Parks = {}
 
     def drain(cursor: Cursor, *, commit_each: bool) -> Cursor:
         """Handle pages into the scratch tables until the feed's end; the new cursor."""
@@ -236,7 +274,7 @@ def rebuild(
         with contextlib.closing(pages):
             for page in pages:
                 with transaction.atomic(using=using) if commit_each else contextlib.nullcontext():
-                    _handle(projection, schema, page, using)
+                    _handle(projection, schema, page, skipped, parks, using)
                 cursor = page.next_cursor
                 handled += len(page.events)
                 if progress:
@@ -248,8 +286,7 @@ def rebuild(
         cursor = drain(Cursor.start(), commit_each=True)  # bounded transactions
         rows: dict[str, int] = {}
         with transaction.atomic(using=using):
-            subscriptions.ensure_checkpoint(projection, using)
-            subscriptions.lock(projection.name, using)  # the live projection waits
+            _lock_every_partition(projection, using)  # the live projection waits
             cursor = drain(cursor, commit_each=False)  # the tail since the last batch
             with connection.cursor() as db:
                 for table in tables:
@@ -258,7 +295,29 @@ def rebuild(
                     db.execute(f"DELETE FROM {live}")
                     db.execute(f"INSERT INTO {live} SELECT * FROM {built}")
                     rows[table] = db.rowcount
-            subscriptions.reset_checkpoint(projection.name, cursor, handled, using)
+            subscriptions.reset_checkpoints(projection, cursor, handled, using)
+            _replace_parked(projection, parks, using)
     finally:
         drop_scratch(projection, using)
     return ReplayResult(projection.name, handled, rows)
+
+
+def _lock_every_partition(projection: Projection, using: str) -> None:
+    """The locks of the configured partitions and of those the checkpoints were made for."""
+    stored = (
+        Checkpoint.objects.using(using)
+        .filter(name=projection.name)
+        .values_list("partitions", flat=True)
+    )
+    for number in range(max([projection.partition_count, *stored])):
+        subscriptions.lock(projection.name, number, using)
+
+
+def _replace_parked(projection: Projection, parks: parking.Parks, using: str) -> None:
+    ParkedStream.objects.using(using).filter(subscriber=projection.name).delete()
+    count = projection.partition_count
+    by_partition: dict[int, parking.Parks] = {}
+    for stream_id, park in parks.items():
+        by_partition.setdefault(partition_of(stream_id, count), {})[stream_id] = park
+    for number, parked in by_partition.items():
+        parking.park(Partition(projection, number, count), parked, using)

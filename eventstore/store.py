@@ -40,6 +40,7 @@ from eventstore.errors import (
     StreamNotFound,
     UnknownEventType,
 )
+from eventstore.partitions import BUCKETS
 from eventstore.types import registry
 
 logger = logging.getLogger(__name__)
@@ -391,18 +392,28 @@ def _events_cursor(using: str) -> Iterator[Any]:
         yield cursor
 
 
-def _decode(row: Sequence[Any], lenient: bool = False) -> RecordedEvent:
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """The payload of an event this release could not decode (for subscribers to park)."""
+
+    error: str
+
+
+def _decode(row: Sequence[Any], lenient: bool = False, keep: bool = False) -> RecordedEvent:
     position, xid, stream_id, version, event_id, event_type, schema_version, data, meta, at = row
     try:
         payload = registry.decode(event_type, schema_version, data)
     except (UnknownEventType, EventDecodingError) as exc:
-        if not lenient:
+        if keep:  # a subscriber's read: it parks the stream instead of stopping
+            payload = Undecodable(f"{type(exc).__name__}: {exc}")
+        elif lenient:
+            # Only for showing events (staff pages, the feed API): an event written by a
+            # newer release, or one this release cannot read, is shown as stored rather
+            # than breaking the page. Subscribers and aggregates never read leniently.
+            logger.warning("showing event %s as stored: %s", position, exc)
+            payload = msgspec.json.decode(data)
+        else:
             raise
-        # Only for showing events (staff pages, the feed API): an event written by a newer
-        # release, or one this release cannot read, is shown as stored rather than
-        # breaking the page. Subscribers and aggregates never read leniently.
-        logger.warning("showing event %s as stored: %s", position, exc)
-        payload = msgspec.json.decode(data)
     return RecordedEvent(  # positional: keywords cost a frozen dataclass more, per event
         position,
         Cursor(int(xid), position),
@@ -486,6 +497,30 @@ _FEED_SQL = f"""
     ) e ON true
 """
 
+# A partition's feed: one ordered index scan per bucket, merged (PostgreSQL's Merge
+# Append reads no more of each than the page needs).
+_BUCKET_SQL = f"""
+    (SELECT events.transaction_id AS sort_xid, {_COLUMNS} FROM events
+     WHERE bucket = {{bucket}} AND (transaction_id, position) > (%(xid)s::xid8, %(position)s)
+       AND transaction_id < h.xmin {{filters}}
+     ORDER BY events.transaction_id, events.position LIMIT %(limit)s)
+"""
+_PARTITION_SQL = """
+    WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
+    SELECT h.xmin::text, e.* FROM h LEFT JOIN LATERAL (
+        SELECT position, transaction_id, stream_id, version, event_id, event_type,
+               schema_version, data, metadata, recorded_at
+        FROM ({branches}) AS b ORDER BY b.sort_xid, b.position LIMIT %(limit)s
+    ) e ON true
+"""
+
+
+def _partition_sql(buckets: Sequence[int], filters: str) -> str:
+    branches = " UNION ALL ".join(
+        _BUCKET_SQL.replace("{bucket}", str(int(b))).replace("{filters}", filters) for b in buckets
+    )
+    return _PARTITION_SQL.replace("{branches}", branches)
+
 
 def horizon(*, using: str = "default") -> Cursor:
     """Everything before this cursor is final: no transaction can still add to it."""
@@ -500,16 +535,48 @@ def read_all(
     limit: int = 500,
     categories: Iterable[str] | None = None,
     event_types: Iterable[str] | None = None,
+    buckets: Sequence[int] | None = None,
+    exclude_streams: Sequence[str] = (),
+    until: Cursor | None = None,
     lenient: bool = False,
+    keep_undecodable: bool = False,
     using: str = "default",
 ) -> FeedPage:
     """The next page of the global feed after ``after``, optionally filtered.
 
     The returned cursor continues after the page; on an empty page it is unchanged, so a
-    follower can poll with it without missing or re-reading events. ``lenient`` as in
-    :func:`read_stream`.
+    follower can poll with it without missing or re-reading events. ``buckets`` reads a
+    partition's feed (:mod:`eventstore.partitions`); ``exclude_streams`` leaves parked
+    streams out; ``until`` stops at that cursor (inclusive). ``lenient`` as in
+    :func:`read_stream`; ``keep_undecodable`` returns an event this release cannot
+    decode with an :class:`Undecodable` payload instead of raising.
     """
     after = after or Cursor.start()
+    sql, params = feed_query(after, limit, categories, event_types, buckets, exclude_streams, until)
+    with _events_cursor(using) as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    horizon = Cursor(int(rows[0][0]), 0)
+    events = [_decode(row[1:], lenient, keep_undecodable) for row in rows if row[1] is not None]
+    if len(events) == params["limit"]:
+        next_cursor = events[-1].cursor
+    else:
+        next_cursor = max(after, horizon, events[-1].cursor if events else after)
+        if until is not None:
+            next_cursor = min(next_cursor, max(after, until))
+    return FeedPage(events, next_cursor, horizon)
+
+
+def feed_query(
+    after: Cursor,
+    limit: int,
+    categories: Iterable[str] | None = None,
+    event_types: Iterable[str] | None = None,
+    buckets: Sequence[int] | None = None,
+    exclude_streams: Sequence[str] = (),
+    until: Cursor | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The SQL and parameters of a feed page (see :func:`read_all`)."""
     filters: list[str] = []
     params: dict[str, Any] = {"xid": str(after.transaction_id), "position": after.position}
     if categories is not None:
@@ -518,18 +585,38 @@ def read_all(
     if event_types is not None:
         filters.append("AND event_type = ANY(%(event_types)s)")
         params["event_types"] = list(event_types)
-    params["limit"] = limit = max(1, int(limit))
-    sql = _FEED_SQL.replace("{filters}", " ".join(filters))
+    if exclude_streams:
+        filters.append("AND stream_id <> ALL(%(exclude)s)")
+        params["exclude"] = list(exclude_streams)
+    if until is not None:
+        filters.append("AND (transaction_id, position) <= (%(until_xid)s::xid8, %(until_pos)s)")
+        params.update(until_xid=str(until.transaction_id), until_pos=until.position)
+    params["limit"] = max(1, int(limit))
+    if buckets is not None and len(buckets) < BUCKETS:
+        return _partition_sql(buckets, " ".join(filters)), params
+    return _FEED_SQL.replace("{filters}", " ".join(filters)), params
+
+
+def read_waiting(
+    stream_id: str,
+    event_types: Sequence[str],
+    after: Cursor,
+    until: Cursor,
+    *,
+    using: str = "default",
+) -> list[RecordedEvent]:
+    """A parked stream's events for a subscriber: of ``event_types``, from ``after``
+    (inclusive) to ``until`` (its checkpoint, inclusive), in feed order."""
     with _events_cursor(using) as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    horizon = Cursor(int(rows[0][0]), 0)
-    events = [_decode(row[1:], lenient) for row in rows if row[1] is not None]
-    if len(events) == limit:
-        next_cursor = events[-1].cursor
-    else:
-        next_cursor = max(after, horizon, events[-1].cursor if events else after)
-    return FeedPage(events, next_cursor, horizon)
+        cursor.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE stream_id = %s AND event_type = ANY(%s) "
+            "AND (transaction_id, position) >= (%s::xid8, %s) "
+            "AND (transaction_id, position) <= (%s::xid8, %s) "
+            "ORDER BY events.transaction_id, events.position",
+            [stream_id, list(event_types), str(after.transaction_id), after.position,
+             str(until.transaction_id), until.position],
+        )  # fmt: skip
+        return [_decode(row, keep=True) for row in cursor.fetchall()]
 
 
 def read_category(

@@ -1,10 +1,13 @@
-"""Subscribers (projections and process managers) and the engine that moves them.
+"""The engine that moves subscribers forward, partition by partition.
 
-A subscriber reads the gap-safe feed after its checkpoint, one batch per transaction,
+A partition reads its gap-safe feed after its checkpoint, one batch per transaction,
 and its checkpoint moves in the same transaction as whatever it wrote: a batch is done
 exactly once or not at all, however often it is triggered and whoever dies mid-batch.
-A transaction-scoped advisory lock keeps each subscriber in one place at a time; a
-wake-up that finds it busy leaves a flag the running one checks before it stops.
+A transaction-scoped advisory lock keeps each partition in one place at a time, so up
+to N workers on any machines move a subscriber of N partitions together; a wake-up that
+finds a partition busy leaves a flag the running one checks before it stops. An event
+that cannot be decoded or handled parks its stream (:mod:`eventstore.parking`); the
+partition goes on with every other stream.
 """
 
 from __future__ import annotations
@@ -12,122 +15,32 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, ClassVar
 
 from django.db import connections, transaction
 from django.utils import timezone
 
-from eventstore import store
+from eventstore import parking, store
 from eventstore.cursor import Cursor
 from eventstore.models import Checkpoint
-from eventstore.store import RecordedEvent
-from eventstore.types import registry
+from eventstore.parking import TRANSIENT
+from eventstore.store import RecordedEvent, Undecodable
+from eventstore.subscribers import Partition, Subscriber, all_subscribers, partitions_of
 
 logger = logging.getLogger(__name__)
 
-_LOCK_NAMESPACE = 0x5E5  # first key of pg_advisory_xact_lock(int, int) for subscribers
-MAX_BACKOFF_SECONDS = 300
+_LOCK_NAMESPACE = 0x5E5  # first key of pg_advisory_xact_lock(int, int) for partitions
 
 
-def handles(*event_classes: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Mark a subscriber method as the handler of these event classes."""
+class PartitionCountChanged(RuntimeError):
+    """The subscriber's checkpoints were made for another partition count."""
 
-    def mark(method: Callable[..., Any]) -> Callable[..., Any]:
-        method._handles = event_classes  # type: ignore[attr-defined]
-        return method
-
-    return mark
-
-
-class Subscriber:
-    """Something that reacts to stored events in feed order; subclass a kind below."""
-
-    name: ClassVar[str]
-    kind: ClassVar[str] = "subscriber"
-    batch_size: ClassVar[int] = 500
-    # A batch commits without waiting for its WAL to reach the disk. Safe while a batch
-    # only writes to this database: a crash can lose its last few hundred milliseconds
-    # of batches, but each with its checkpoint, so they are simply redone; and anything
-    # that builds on them and commits durably flushes them first (the WAL is one
-    # sequence). A subscriber with effects outside the database in its batch sets True.
-    synchronous_commit: ClassVar[bool] = False
-    _handlers: ClassVar[dict[str, str]]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        handlers: dict[str, str] = {}
-        for klass in reversed(cls.__mro__):
-            for attribute, value in vars(klass).items():
-                for event_class in getattr(value, "_handles", ()):
-                    handlers[registry.for_event_class(event_class).name] = attribute
-        cls._handlers = handlers
-
-    @property
-    def event_types(self) -> list[str]:
-        return sorted(self._handlers)
-
-    def dispatch(self, event: RecordedEvent, *args: Any) -> None:
-        """Call the ``@handles`` method for ``event``'s type with ``args`` then the event.
-
-        The one way events reach handlers: the default :meth:`handle_batch` passes no
-        extra arguments; a subscriber that folds a batch in memory passes its state.
-        """
-        getattr(self, self._handlers[event.event_type])(*args, event)
-
-    def handle_batch(self, events: list[RecordedEvent]) -> None:
-        """Handle a batch inside its transaction; override to fold or write in bulk."""
-        for event in events:
-            self.dispatch(event)
-
-
-class Projection(Subscriber):
-    """Writes read models. ``read_models`` are the tables a replay rebuilds aside."""
-
-    kind = "projection"
-    read_models: ClassVar[list[type]] = []
-
-
-class ProcessManager(Subscriber):
-    """Reacts to events by issuing commands (a saga). Never replayed."""
-
-    kind = "process_manager"
-
-
-# --- registry --------------------------------------------------------------------
-
-_subscribers: dict[str, Subscriber] = {}
-
-
-def register(subscriber: Subscriber) -> Subscriber:
-    """Register a subscriber (from its app's ``AppConfig.ready()``)."""
-    existing = _subscribers.get(subscriber.name)
-    if existing is not None and type(existing) is not type(subscriber):
-        raise ValueError(f"subscriber name {subscriber.name!r} is already taken")
-    _subscribers[subscriber.name] = subscriber
-    return subscriber
-
-
-def get(name: str) -> Subscriber:
-    try:
-        return _subscribers[name]
-    except KeyError:
-        known = ", ".join(sorted(_subscribers)) or "none"
-        raise LookupError(f"no subscriber named {name!r} (registered: {known})") from None
-
-
-def all_subscribers() -> list[Subscriber]:
-    return [_subscribers[name] for name in sorted(_subscribers)]
-
-
-def interested_in(event_types: Iterable[str]) -> list[Subscriber]:
-    wanted = set(event_types)
-    return [s for s in all_subscribers() if wanted.intersection(s._handlers)]
-
-
-# --- the engine ------------------------------------------------------------------
+    def __init__(self, name: str, stored: int, configured: int) -> None:
+        super().__init__(
+            f"subscriber {name!r} has checkpoints for {stored} partition(s) but is configured "
+            f"for {configured}: run 'manage.py repartition {name}' (or replay it)"
+        )
+        self.stored, self.configured = stored, configured
 
 
 @dataclass(frozen=True)
@@ -135,197 +48,9 @@ class BatchOutcome:
     """What one batch did."""
 
     processed: int = 0
+    parked: int = 0
     busy: bool = False
-    backing_off: bool = False
-    failed: bool = False
     more: bool = False
-
-
-class _HandlerFailed(Exception):
-    def __init__(self, index: int, event: RecordedEvent, error: Exception) -> None:
-        self.index, self.event, self.error = index, event, error
-
-
-def lock_key(name: str) -> int:
-    return zlib.crc32(name.encode()) - 2**31
-
-
-def _try_lock(name: str, using: str, synchronous_commit: bool = True) -> bool:
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_try_advisory_xact_lock(%s, %s), set_config('synchronous_commit', "
-            "CASE WHEN %s THEN current_setting('synchronous_commit') ELSE 'off' END, true)",
-            [_LOCK_NAMESPACE, lock_key(name), synchronous_commit],
-        )
-        return cursor.fetchone()[0]
-
-
-def lock(name: str, using: str = "default") -> None:
-    """Wait for the subscriber's lock, held until the current transaction ends."""
-    with connections[using].cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_NAMESPACE, lock_key(name)])
-
-
-def ensure_checkpoint(subscriber: Subscriber, using: str = "default") -> None:
-    Checkpoint.objects.using(using).get_or_create(
-        name=subscriber.name, defaults={"kind": subscriber.kind}
-    )
-
-
-def advance(
-    name: str, cursor: Cursor, processed: int, last: RecordedEvent | None, using: str
-) -> None:
-    """Move the checkpoint (inside the batch's transaction) and clear any error."""
-    now = timezone.now()
-    with connections[using].cursor() as db:
-        if processed:
-            db.execute(
-                "UPDATE checkpoints SET cursor_transaction_id = %s::xid8, cursor_position = %s, "
-                "updated_at = %s, events_processed = events_processed + %s, "
-                "last_event_at = %s, error = '', error_position = NULL, error_count = 0, "
-                "retry_at = NULL WHERE name = %s",
-                [str(cursor.transaction_id), cursor.position, now, processed,
-                 last.recorded_at if last else None, name],
-            )  # fmt: skip
-        else:
-            db.execute(
-                "UPDATE checkpoints SET cursor_transaction_id = %s::xid8, cursor_position = %s, "
-                "updated_at = %s WHERE name = %s",
-                [str(cursor.transaction_id), cursor.position, now, name],
-            )
-
-
-def _run_batch(
-    subscriber: Subscriber, limit: int, using: str, one_by_one: bool = False
-) -> BatchOutcome:
-    with transaction.atomic(using=using):
-        if not _try_lock(subscriber.name, using, subscriber.synchronous_commit):
-            return BatchOutcome(busy=True)
-        position, retry_at = _read_checkpoint(subscriber, using)
-        if retry_at and retry_at > timezone.now():
-            return BatchOutcome(backing_off=True)
-        page = store.read_all(
-            position,
-            limit=limit,
-            event_types=subscriber.event_types,
-            using=using,
-        )
-        events = page.events
-        if one_by_one:  # find the event that fails; each one in a savepoint of its own
-            for index, event in enumerate(events):
-                try:
-                    with transaction.atomic(using=using):
-                        subscriber.handle_batch([event])
-                except Exception as exc:
-                    raise _HandlerFailed(index, event, exc) from exc
-        elif events:
-            try:
-                subscriber.handle_batch(events)
-            except Exception as exc:
-                raise _BatchFailed from exc
-        if events or page.next_cursor != position:
-            last = events[-1] if events else None
-            advance(subscriber.name, page.next_cursor, len(events), last, using)
-        return BatchOutcome(processed=len(events), more=page.is_full)
-
-
-class _NoCheckpoint(Exception):
-    pass
-
-
-def _read_checkpoint(subscriber: Subscriber, using: str) -> tuple[Cursor, Any]:
-    """The subscriber's cursor and retry time. Plain SQL: this runs for every batch, and
-    the ORM compiled the query anew each time."""
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            "SELECT cursor_transaction_id::text, cursor_position, retry_at "
-            "FROM checkpoints WHERE name = %s",
-            [subscriber.name],
-        )
-        row = cursor.fetchone()
-    if row is None:
-        raise _NoCheckpoint
-    return Cursor(int(row[0]), row[1]), row[2]
-
-
-class _BatchFailed(Exception):
-    pass
-
-
-def reset_checkpoint(name: str, cursor: Cursor, processed: int, using: str = "default") -> None:
-    """Put a checkpoint at ``cursor`` after a rebuild (inside the swap's transaction)."""
-    Checkpoint.objects.using(using).filter(name=name).update(
-        cursor_transaction_id=cursor.transaction_id,
-        cursor_position=cursor.position,
-        events_processed=processed,
-        updated_at=timezone.now(),
-        error="",
-        error_position=None,
-        error_count=0,
-        retry_at=None,
-    )
-
-
-def _record_failure(subscriber: Subscriber, failure: _HandlerFailed, using: str) -> None:
-    with transaction.atomic(using=using):
-        lock(subscriber.name, using)
-        checkpoint = Checkpoint.objects.using(using).select_for_update().get(name=subscriber.name)
-        attempts = checkpoint.error_count + 1
-        delay = min(2**attempts, MAX_BACKOFF_SECONDS)
-        checkpoint.error = f"{type(failure.error).__name__}: {failure.error}"
-        checkpoint.error_position = failure.event.position
-        checkpoint.error_count = attempts
-        checkpoint.retry_at = timezone.now() + timedelta(seconds=delay)
-        checkpoint.updated_at = timezone.now()
-        checkpoint.save(
-            update_fields=["error", "error_position", "error_count", "retry_at", "updated_at"]
-        )
-    logger.error(
-        "subscriber %s stopped at event %s (%s, position %s); retry %s in %ss",
-        subscriber.name,
-        failure.event.event_id,
-        failure.event.event_type,
-        failure.event.position,
-        attempts,
-        delay,
-        exc_info=failure.error,
-    )
-
-
-def run_batch(subscriber: Subscriber, using: str = "default") -> BatchOutcome:
-    """Process at most one batch; on a handler error keep the events before it.
-
-    The checkpoint row is made on first use (committed on its own, before the batch,
-    so that a failure and a wake flag have a row to go to). A failed batch is rolled
-    back whole, then redone up to the failing event, so the checkpoint stops exactly
-    before it and the error is recorded on the checkpoint row.
-    """
-    limit = subscriber.batch_size
-    one_by_one = False
-    while True:
-        try:
-            return _run_batch(subscriber, limit, using, one_by_one)
-        except _NoCheckpoint:
-            ensure_checkpoint(subscriber, using)
-        except _BatchFailed:
-            one_by_one = True  # redo it event by event to find the one that fails
-        except _HandlerFailed as failure:
-            if failure.index == 0:
-                _record_failure(subscriber, failure, using)
-                return BatchOutcome(failed=True)
-            limit, one_by_one = failure.index, False
-
-
-def _take_wake_flag(name: str, using: str) -> bool:
-    return bool(
-        Checkpoint.objects.using(using)
-        .filter(name=name, wake_requested=True)
-        .update(wake_requested=False)
-    )
-
-
-def request_wake(name: str, using: str = "default") -> None:
-    Checkpoint.objects.using(using).filter(name=name).update(wake_requested=True)
 
 
 @dataclass(frozen=True)
@@ -334,41 +59,248 @@ class CatchUpResult:
 
     processed: int
     batches: int
-    stopped: str  # caught_up | busy | failed | backing_off | time_budget
+    stopped: str  # caught_up | busy | time_budget | partition_count_changed
+    parked: int = 0  # streams it parked on the way
 
 
-def catch_up(
-    subscriber: Subscriber, *, time_budget: float | None = None, using: str = "default"
+class _BatchFailed(Exception):
+    pass
+
+
+class _NoCheckpoint(Exception):
+    pass
+
+
+def lock_key(name: str, partition: int = 0) -> int:
+    return zlib.crc32(f"{name}:{partition}".encode()) - 2**31
+
+
+def _try_lock(partition: Partition, using: str) -> bool:
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_try_advisory_xact_lock(%s, %s), set_config('synchronous_commit', "
+            "CASE WHEN %s THEN current_setting('synchronous_commit') ELSE 'off' END, true)",
+            [_LOCK_NAMESPACE, lock_key(partition.name, partition.number),
+             partition.subscriber.synchronous_commit],
+        )  # fmt: skip
+        return cursor.fetchone()[0]
+
+
+def lock(name: str, partition: int = 0, using: str = "default") -> None:
+    """Wait for a partition's lock, held until the current transaction ends."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_NAMESPACE, lock_key(name, partition)]
+        )
+
+
+def ensure_checkpoints(subscriber: Subscriber, using: str = "default") -> None:
+    """Make the checkpoint rows of a subscriber's partitions on first use; refuse a
+    subscriber whose stored rows were made for another partition count."""
+    count = subscriber.partition_count
+    stored = set(
+        Checkpoint.objects.using(using)
+        .filter(name=subscriber.name)
+        .values_list("partitions", flat=True)
+    )
+    if stored - {count}:
+        raise PartitionCountChanged(subscriber.name, max(stored - {count}), count)
+    Checkpoint.objects.using(using).bulk_create(
+        [
+            Checkpoint(name=subscriber.name, partition=p, partitions=count, kind=subscriber.kind)
+            for p in range(count)
+        ],
+        ignore_conflicts=True,
+    )
+
+
+def _read_checkpoint(partition: Partition, using: str) -> tuple[Cursor, list[str], bool]:
+    """The partition's cursor, its parked streams, and whether a parked stream is due for
+    an automatic retry: one round trip, as this runs for every batch."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT c.cursor_transaction_id::text, c.cursor_position, c.partitions, "
+            "ARRAY(SELECT p.stream_id FROM parked_streams p WHERE p.subscriber = c.name "
+            "      AND p.partition = c.partition), "
+            "EXISTS(SELECT 1 FROM parked_streams p WHERE p.subscriber = c.name "
+            "       AND p.partition = c.partition AND p.retry_at <= now()) "
+            "FROM checkpoints c WHERE c.name = %s AND c.partition = %s",
+            [partition.name, partition.number],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise _NoCheckpoint
+    if row[2] != partition.count:
+        raise PartitionCountChanged(partition.name, row[2], partition.count)
+    return Cursor(int(row[0]), row[1]), row[3], row[4]
+
+
+def advance(
+    partition: Partition,
+    cursor: Cursor,
+    processed: int,
+    last: RecordedEvent | None,
+    using: str,
+) -> None:
+    """Move the checkpoint (inside the batch's transaction)."""
+    with connections[using].cursor() as db:
+        db.execute(
+            "UPDATE checkpoints SET cursor_transaction_id = %s::xid8, cursor_position = %s, "
+            "updated_at = %s, events_processed = events_processed + %s, "
+            "last_event_at = COALESCE(%s, last_event_at) WHERE name = %s AND partition = %s",
+            [str(cursor.transaction_id), cursor.position, timezone.now(), processed,
+             last.recorded_at if last else None, partition.name, partition.number],
+        )  # fmt: skip
+
+
+def _handle(
+    subscriber: Subscriber, events: list[RecordedEvent], careful: bool
+) -> tuple[int, parking.Parks]:
+    """Handle a page; returns (handled, parked). The fast way hands every decodable event
+    to ``handle_batch`` at once and raises :class:`_BatchFailed` if it fails; the careful
+    way (a redo of that batch) finds the events that fail, one by one."""
+    parks: parking.Parks = {}
+    if careful:
+        return parking.handle(subscriber, events, parks), parks
+    ready = []
+    for event in events:
+        if event.stream_id in parks:
+            continue
+        if isinstance(event.data, Undecodable):
+            parks[event.stream_id] = (event, event.data.error)
+            continue
+        ready.append(event)
+    if ready:
+        try:
+            subscriber.handle_batch(ready)
+        except TRANSIENT:
+            raise
+        except Exception as exc:
+            raise _BatchFailed from exc
+    return len(ready), parks
+
+
+def _run_batch(
+    partition: Partition, limit: int, careful: bool, using: str, until: Cursor | None = None
+) -> BatchOutcome:
+    with transaction.atomic(using=using):
+        if not _try_lock(partition, using):
+            return BatchOutcome(busy=True)
+        position, parked, retry_due = _read_checkpoint(partition, using)
+        if retry_due:
+            parking.retry_due(partition, position, using)
+            position, parked, _ = _read_checkpoint(partition, using)
+        page = store.read_all(
+            position,
+            limit=limit,
+            event_types=partition.subscriber.event_types,
+            buckets=partition.buckets,
+            exclude_streams=parked,
+            until=until,
+            keep_undecodable=True,
+            using=using,
+        )
+        processed, parks = _handle(partition.subscriber, page.events, careful)
+        parking.park(partition, parks, using)
+        if page.events or page.next_cursor != position:
+            last = page.events[-1] if page.events else None
+            advance(partition, page.next_cursor, processed, last, using)
+        return BatchOutcome(processed=processed, parked=len(parks), more=page.is_full)
+
+
+def run_batch(
+    partition: Partition, using: str = "default", until: Cursor | None = None
+) -> BatchOutcome:
+    """Process at most one batch of a partition.
+
+    The checkpoint rows are made on first use (committed on their own, before the batch,
+    so that a wake flag has a row to go to). A batch whose handler fails is rolled back
+    whole, then redone event by event, so that only the failing events' streams park.
+    """
+    careful = False
+    while True:
+        try:
+            return _run_batch(partition, partition.subscriber.batch_size, careful, using, until)
+        except _NoCheckpoint:
+            ensure_checkpoints(partition.subscriber, using)
+        except _BatchFailed:
+            careful = True
+
+
+def _take_wake_flag(partition: Partition, using: str) -> bool:
+    return bool(
+        Checkpoint.objects.using(using)
+        .filter(name=partition.name, partition=partition.number, wake_requested=True)
+        .update(wake_requested=False)
+    )
+
+
+def request_wake(partition: Partition, using: str = "default") -> None:
+    Checkpoint.objects.using(using).filter(name=partition.name, partition=partition.number).update(
+        wake_requested=True
+    )
+
+
+def catch_up_partition(
+    partition: Partition, *, time_budget: float | None = None, using: str = "default"
 ) -> CatchUpResult:
-    """Run batches until caught up with the feed (or busy, failed, out of time)."""
-    processed = batches = 0
+    """Run a partition's batches until caught up with its feed (or busy, out of time)."""
+    processed = batches = parked = 0
     flagged = False
     deadline = None if time_budget is None else time.monotonic() + time_budget
+
+    def result(stopped: str) -> CatchUpResult:
+        return CatchUpResult(processed, batches, stopped, parked)
+
     while True:
-        outcome = run_batch(subscriber, using)
+        try:
+            outcome = run_batch(partition, using)
+        except PartitionCountChanged as exc:
+            logger.error("%s", exc)
+            return result("partition_count_changed")
         processed += outcome.processed
+        parked += outcome.parked
         batches += 1
         if outcome.busy:
             if flagged:
-                return CatchUpResult(processed, batches, "busy")
+                return result("busy")
             # Leave a flag, then try once more: the holder may have checked the flag and
             # left just before we set it. If it is still there, it will see the flag.
-            request_wake(subscriber.name, using)
+            request_wake(partition, using)
             flagged = True
             continue
         flagged = False
-        if outcome.failed:
-            return CatchUpResult(processed, batches, "failed")
-        if outcome.backing_off:
-            return CatchUpResult(processed, batches, "backing_off")
         if deadline is not None and time.monotonic() > deadline:
-            return CatchUpResult(processed, batches, "time_budget")
+            return result("time_budget")
         if outcome.more:
             continue
         # The lock is released now; a wake-up that came while we held it set the flag.
-        if _take_wake_flag(subscriber.name, using):
+        if _take_wake_flag(partition, using):
             continue
-        return CatchUpResult(processed, batches, "caught_up")
+        return result("caught_up")
+
+
+def catch_up(
+    subscriber: Subscriber,
+    *,
+    partition: int | None = None,
+    time_budget: float | None = None,
+    using: str = "default",
+) -> CatchUpResult:
+    """Catch one partition up, or (``partition=None``) each of them in turn."""
+    chosen = partitions_of(subscriber)
+    if partition is not None:
+        chosen = [p for p in chosen if p.number == partition]
+        if not chosen:
+            raise LookupError(f"{subscriber.name} has no partition {partition}")
+    results = [catch_up_partition(p, time_budget=time_budget, using=using) for p in chosen]
+    stopped = next((r.stopped for r in results if r.stopped != "caught_up"), "caught_up")
+    return CatchUpResult(
+        sum(r.processed for r in results),
+        sum(r.batches for r in results),
+        stopped,
+        sum(r.parked for r in results),
+    )
 
 
 def catch_up_all(
@@ -377,92 +309,24 @@ def catch_up_all(
     return {s.name: catch_up(s, time_budget=time_budget, using=using) for s in all_subscribers()}
 
 
-def retry_now(name: str, using: str = "default") -> bool:
-    """Lift the backoff of a failed subscriber so the next wake-up retries it."""
-    return bool(
-        Checkpoint.objects.using(using)
-        .filter(name=name)
-        .exclude(retry_at=None)
-        .update(retry_at=None)
-    )
-
-
-def has_processed(name: str, position: int, using: str = "default") -> bool:
-    """Whether subscriber ``name`` is past the event at global ``position``.
-
-    Raises LookupError when no event has that position: waiting for it would be in vain
-    (positions are handed out only to committed events, or skipped for good).
-    """
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            "SELECT (c.cursor_transaction_id, c.cursor_position) >= (e.transaction_id, e.position) "
-            "FROM events e LEFT JOIN checkpoints c ON c.name = %s WHERE e.position = %s",
-            [name, position],
+def reset_checkpoints(
+    subscriber: Subscriber, cursor: Cursor, processed: int, using: str = "default"
+) -> None:
+    """Put every partition at ``cursor``, for the configured partition count (inside the
+    transaction of a replay's swap or a repartition, which hold every partition's lock)."""
+    count = subscriber.partition_count
+    Checkpoint.objects.using(using).filter(name=subscriber.name).delete()
+    now = timezone.now()
+    Checkpoint.objects.using(using).bulk_create(
+        Checkpoint(
+            name=subscriber.name,
+            partition=p,
+            partitions=count,
+            kind=subscriber.kind,
+            cursor_transaction_id=cursor.transaction_id,
+            cursor_position=cursor.position,
+            events_processed=processed if p == 0 else 0,
+            updated_at=now,
         )
-        row = cursor.fetchone()
-    if row is None:
-        raise LookupError(f"no event has position {position}")
-    return bool(row[0])
-
-
-def wait_until_processed(
-    name: str, position: int, *, timeout: float = 2.0, using: str = "default"
-) -> bool:
-    """Read-your-writes: wait (bounded) until ``name`` has processed ``position``.
-
-    Raises LookupError at once for a position no event has.
-    """
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        if has_processed(name, position, using):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.1)
-
-
-def has_pending(subscriber: Subscriber, using: str = "default") -> bool:
-    """Whether events for ``subscriber`` exist past its checkpoint, readable or not yet.
-
-    After a catch-up, such events sit above the horizon: a transaction that began before
-    them is still open somewhere. They are not lost; this tells the caller to look again.
-    """
-    with connections[using].cursor() as cursor:
-        cursor.execute(_PENDING_SQL, [subscriber.event_types, subscriber.name])
-        return cursor.fetchone()[0]
-
-
-# A lateral LIMIT 1 in feed order: the planner walks the feed index from the checkpoint.
-# Joined plainly, the checkpoint's cursor is unknown when the plan is made, and every
-# call read the whole events table (6 ms at 13,000 events, after every task).
-_PENDING_SQL = """
-    SELECT EXISTS (
-        SELECT 1 FROM checkpoints c, LATERAL (
-            SELECT 1 FROM events e
-             WHERE (e.transaction_id, e.position) > (c.cursor_transaction_id, c.cursor_position)
-               AND e.event_type = ANY(%s)
-             ORDER BY e.transaction_id, e.position
-             LIMIT 1
-        ) AS pending
-        WHERE c.name = %s
+        for p in range(count)
     )
-"""
-
-
-# Events in the feed after checkpoint ``c`` (of every type): the lag operators see.
-LAG_SQL = (
-    "(SELECT count(*) FROM events e "
-    "WHERE (e.transaction_id, e.position) > (c.cursor_transaction_id, c.cursor_position))"
-)
-
-
-def lag(name: str, using: str = "default") -> int:
-    """Events in the feed after the subscriber's checkpoint (of every type)."""
-    with connections[using].cursor() as cursor:
-        cursor.execute(f"SELECT {LAG_SQL} FROM checkpoints c WHERE c.name = %s", [name])
-        row = cursor.fetchone()
-    if row is None:
-        raise LookupError(f"subscriber {name!r} has no checkpoint yet")
-    return row[0]

@@ -10,8 +10,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
-from eventstore import replay, subscriptions, wakeups
-from eventstore.subscriptions import Projection
+from eventstore import progress, replay, subscribers, subscriptions, wakeups
+from eventstore.subscribers import Projection
 
 logger = logging.getLogger(__name__)
 
@@ -22,33 +22,44 @@ RECHECK_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 @shared_task(name="eventstore.tasks.run_subscriber", acks_late=True, ignore_result=True)
-def run_subscriber(name: str, recheck: int = 0) -> str:
-    """Catch one subscriber up; duplicates are harmless (lock + checkpoint)."""
-    wakeups.clear(wakeups.recheck_key(name) if recheck else wakeups.wake_key(name))
+def run_subscriber(name: str, recheck: int = 0, partition: int | None = None) -> str:
+    """Catch one partition up (every partition, without one); duplicates are harmless
+    (lock + checkpoint)."""
     try:
-        subscriber = subscriptions.get(name)
+        subscriber = subscribers.get(name)
     except LookupError:
         logger.error("wake-up for unknown subscriber %r dropped", name)
         return "unknown"
+    if partition is None or partition >= subscriber.partition_count:
+        # From a release before partitions, or for another count: the safety net's way.
+        wakeups.wake([(name, p.number) for p in subscribers.partitions_of(subscriber)])
+        return "woke every partition"
+    wakeups.clear(
+        wakeups.recheck_key(name, partition) if recheck else wakeups.wake_key(name, partition)
+    )
     budget = settings.SUBSCRIBER_TASK_TIME_BUDGET_SECONDS
-    result = subscriptions.catch_up(subscriber, time_budget=budget)
+    result = subscriptions.catch_up(subscriber, partition=partition, time_budget=budget)
     if result.stopped == "time_budget":
-        wakeups.wake([name])  # let other tasks in between long catch-ups
+        wakeups.wake([(name, partition)])  # let other tasks in between long catch-ups
     elif (
         result.stopped == "caught_up"
         and recheck < len(RECHECK_DELAYS)
-        and subscriptions.has_pending(subscriber)
+        and progress.has_pending(subscribers.partitions_of(subscriber)[partition])
     ):
-        wakeups.recheck(name, recheck + 1, RECHECK_DELAYS[recheck])
+        wakeups.recheck(name, partition, recheck + 1, RECHECK_DELAYS[recheck])
     return result.stopped
 
 
 @shared_task(name="eventstore.tasks.wake_all_subscribers", ignore_result=True)
 def wake_all_subscribers() -> int:
-    """The safety net (Celery beat): wakes every subscriber, whatever was lost."""
-    names = [subscriber.name for subscriber in subscriptions.all_subscribers()]
-    wakeups.wake(names)
-    return len(names)
+    """The safety net (Celery beat): wakes every partition of every subscriber."""
+    targets = [
+        (partition.name, partition.number)
+        for subscriber in subscribers.all_subscribers()
+        for partition in subscribers.partitions_of(subscriber)
+    ]
+    wakeups.wake(targets)
+    return len(targets)
 
 
 REPLAY_PROGRESS_TTL_SECONDS = 24 * 3600
@@ -80,7 +91,7 @@ def report_replay(name: str, progress: dict[str, Any]) -> None:
 def replay_projection(name: str) -> str:
     """Rebuild one projection (started from the admin), reporting progress in the cache."""
     try:
-        projection = subscriptions.get(name)
+        projection = subscribers.get(name)
     except LookupError:
         logger.error("replay of unknown subscriber %r dropped", name)
         return "unknown"

@@ -3,9 +3,9 @@
 A Redis key marks "this task is queued and has not started". The task deletes the key
 before it reads anything, so work that lands after the deletion queues a new one and
 nothing is missed, while a burst of appends queues one task, not one per append. Every
-path that queues a subscriber (after commit, a re-check, the time-budget hand-over,
-the safety net) goes through here, so the queue holds at most one immediate and one
-delayed task per subscriber, whatever the load.
+path that queues a subscriber's partition (after commit, a re-check, the time-budget
+hand-over, the safety net) goes through here, so the queue holds at most one immediate
+and one delayed task per partition, whatever the load.
 
 If Redis is unreachable the append has still committed: the periodic safety net
 (Celery beat, every ``SUBSCRIBER_SAFETY_NET_SECONDS``) and the next wake-up catch up.
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
-from contextvars import ContextVar
 from typing import Any
 
 from django.core.cache import cache
@@ -29,12 +27,12 @@ logger = logging.getLogger(__name__)
 KEY_TTL_SECONDS = 30
 
 
-def wake_key(name: str) -> str:
-    return f"eventstore:wake:{name}"
+def wake_key(name: str, partition: int = 0) -> str:
+    return f"eventstore:wake:{name}:{partition}"
 
 
-def recheck_key(name: str) -> str:
-    return f"eventstore:recheck:{name}"
+def recheck_key(name: str, partition: int = 0) -> str:
+    return f"eventstore:recheck:{name}:{partition}"
 
 
 def _set(key: str, ttl: int) -> bool:
@@ -126,15 +124,6 @@ def send_many(jobs: list[tuple[str, Any, tuple[Any, ...], float]], *, what: str 
     return queued
 
 
-def mark(key: str) -> None:
-    """Set ``key`` without queueing anything: the caller itself will do what it stands
-    for, so wake-ups meanwhile need not queue a task. Never raises."""
-    try:
-        _set(key, KEY_TTL_SECONDS)
-    except Exception as exc:
-        logger.warning("could not set %s: %s", key, exc)
-
-
 def clear(*keys: str) -> None:
     """Called by the task as it starts: from now on, new work queues a new task."""
     try:
@@ -143,60 +132,27 @@ def clear(*keys: str) -> None:
         logger.warning("could not clear %s: %s", ", ".join(keys), exc)
 
 
-# The subscriber names held by the innermost enclosing coalesced() block, if any (an
-# insertion-ordered set); a context variable, so threads and tasks each have their own.
-_collecting: ContextVar[dict[str, None] | None] = ContextVar("wake_ups_held", default=None)
-
-
-@contextlib.contextmanager
-def coalesced() -> Iterator[None]:
-    """Hold the :func:`wake` calls made inside the block, and wake each subscriber once
-    as it ends, even if the block raises (nested blocks: the outermost). Never raises of
-    its own.
-
-    For a transaction that commits many appends (the saga runner's batches): each
-    append's after-commit wake-up would ask Redis again for the same subscribers. Their
-    events have all committed before the first of those wake-ups runs, so one per
-    subscriber, sent after the commit, covers them all. The block must enclose the
-    commit: wake-ups of a transaction that commits after it ends are not held.
-    """
-    if _collecting.get() is not None:
-        yield
-        return
-    names: dict[str, None] = {}
-    token = _collecting.set(names)
-    try:
-        yield
-    finally:
-        _collecting.reset(token)
-        if names:
-            wake(list(names))
-
-
-def wake(names: list[str]) -> None:
-    """Queue a catch-up for each subscriber that has none queued. Never raises.
+def wake(targets: list[tuple[str, int]]) -> None:
+    """Queue a catch-up for each (subscriber, partition) that has none queued. Never
+    raises.
 
     One round trip to Redis for all of them; then a task for each whose mark was free.
-    Inside a :func:`coalesced` block, only noted, for the block's end.
     """
     from eventstore.tasks import run_subscriber
 
-    collecting = _collecting.get()
-    if collecting is not None:
-        collecting.update(dict.fromkeys(names))
-        return
-    keys = [wake_key(name) for name in names]
+    keys = [wake_key(name, partition) for name, partition in targets]
+    whats = [f"a wake-up for {name}[{partition}]" for name, partition in targets]
     try:
         free = _set_many(keys, KEY_TTL_SECONDS)
     except Exception as exc:  # Redis is down: the safety net covers them
-        _not_queued(keys, [f"a wake-up for {name}" for name in names], exc)
+        _not_queued(keys, whats, exc)
         return
-    for name, key, queue in zip(names, keys, free, strict=True):
+    for (name, partition), key, what, queue in zip(targets, keys, whats, free, strict=True):
         if queue:
-            _queue(key, run_subscriber, (name,), None, 0.0, f"a wake-up for {name}")
+            _queue(key, run_subscriber, (name,), {"partition": partition}, 0.0, what)
 
 
-def recheck(name: str, attempt: int, countdown: float) -> bool:
+def recheck(name: str, partition: int, attempt: int, countdown: float) -> bool:
     """Queue a delayed look for events held above the horizon, unless one is queued.
 
     Kept apart from :func:`wake`: a pending re-check must not delay a fresh wake-up.
@@ -204,5 +160,10 @@ def recheck(name: str, attempt: int, countdown: float) -> bool:
     from eventstore.tasks import run_subscriber
 
     return send_once(
-        recheck_key(name), run_subscriber, (name, attempt), countdown, what=f"a re-check of {name}"
+        recheck_key(name, partition),
+        run_subscriber,
+        (name, attempt),
+        countdown,
+        kwargs={"partition": partition},
+        what=f"a re-check of {name}[{partition}]",
     )

@@ -18,11 +18,11 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from eventstore import subscriptions
+from eventstore import subscribers
 from eventstore.admin import DistinctValueFilter, Link, ReadOnlyAdmin, related_links
 from eventstore.admin_views import distinct_values, event_url, highlight_json, stream_url
 from eventstore.models import Event
-from eventstore.subscriptions import ProcessManager
+from eventstore.subscribers import ProcessManager
 from sagas import registry, runner
 from sagas.models import SagaInstance
 
@@ -156,7 +156,7 @@ class SagaInstanceAdmin(ReadOnlyAdmin):
 def _process_manager_event_types() -> set[str]:
     return {
         event_type
-        for subscriber in subscriptions.all_subscribers()
+        for subscriber in subscribers.all_subscribers()
         if isinstance(subscriber, ProcessManager)
         for event_type in subscriber.event_types
     }

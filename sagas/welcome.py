@@ -21,11 +21,11 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from eventstore import subscriptions
+from eventstore import subscribers
 from eventstore.context import message_context
 from eventstore.errors import StreamNotFound
 from eventstore.store import RecordedEvent
-from eventstore.subscriptions import ProcessManager, handles
+from eventstore.subscribers import ProcessManager, handles
 from sagas import dispatch, mail, registry, runner
 from sagas.models import SagaInstance
 from users import handlers
@@ -197,4 +197,4 @@ def register() -> None:
             subject_stream=lambda key: User.stream_id_for(uuid.UUID(key)),
         )
     )
-    subscriptions.register(WelcomeSaga())
+    subscribers.register(WelcomeSaga())

@@ -140,8 +140,8 @@ def _clear_cache() -> Iterator[None]:
 
 @pytest.fixture
 def wake_sends(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """The subscriber wake-up marks each write to Redis asks for, one list per write (a
-    round trip): a spy on redis-py's real connections, which still send everything. It
+    """The subscribers whose wake-up marks each write to Redis asks for, one list per write
+    (a round trip): a spy on redis-py's real connections, which still send everything. It
     reads the wire format (RESP) that redis-py's ``send_packed_command`` writes; a
     redis-py that sends commands another way would leave it empty."""
     import re
@@ -154,7 +154,7 @@ def wake_sends(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     def spy(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
         chunks = [command] if isinstance(command, (str, bytes)) else command
         payload = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
-        marks = re.findall(rb"\$3\r\nSET\r\n\$\d+\r\n[^\r]*eventstore:wake:([^\r]+)", payload)
+        marks = re.findall(rb"\$3\r\nSET\r\n\$\d+\r\n[^\r]*eventstore:wake:([^\r:]+):\d+", payload)
         if marks:
             sends.append([mark.decode() for mark in marks])
         return send(self, command, check_health)

@@ -329,16 +329,18 @@ def _check_acks(report: Report, cursor: Any, acks: Iterable[Ack]) -> None:
 
 
 def _check_subscribers(report: Report) -> None:
-    from eventstore import subscriptions
-    from eventstore.models import Checkpoint
+    from eventstore import progress, subscribers
+    from eventstore.models import Checkpoint, ParkedStream
 
     for name in ("users", "welcome-saga"):
-        subscriber = subscriptions.get(name)
+        subscriber = subscribers.get(name)
         if not Checkpoint.objects.filter(name=name).exists():
             if report.events:
                 _problem(report, "mismatched", f"subscriber {name} never ran")
-        elif subscriptions.has_pending(subscriber):
+        elif any(progress.has_pending(p) for p in subscribers.partitions_of(subscriber)):
             _problem(report, "mismatched", f"subscriber {name} has not caught up")
+        for parked in ParkedStream.objects.filter(subscriber=name):
+            _problem(report, "mismatched", f"{name} parked {parked.stream_id}: {parked.error}")
         checkpoint = Checkpoint.objects.filter(name=name).first()
         if checkpoint is not None:
             report.checkpoints[name] = (
@@ -366,13 +368,15 @@ def check(*, emails: list[str] | None = None, acknowledged: Iterable[Ack] | None
 
 def quiet() -> bool:
     """Subscribers caught up and no saga open: the moment to check (cheap to poll)."""
-    from eventstore import subscriptions
+    from eventstore import progress, subscribers
     from sagas.models import SagaInstance
 
     if SagaInstance.objects.filter(status__in=["started", "waiting"]).exists():
         return False
     return not any(
-        subscriptions.has_pending(subscriptions.get(name)) for name in ("users", "welcome-saga")
+        progress.has_pending(partition)
+        for name in ("users", "welcome-saga")
+        for partition in subscribers.partitions_of(subscribers.get(name))
     )
 
 

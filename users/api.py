@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 
 from config.errors import PreconditionFailed
 from config.renderers import json_as_drf
-from eventstore import store, subscriptions
+from eventstore import progress, store, subscribers
 from eventstore.api import (
     PROBLEM_RESPONSES,
     command_context,
@@ -136,8 +136,10 @@ def _wait_for_read_model(request: Request, position: int | None) -> dict[str, st
     if position is None:
         return {}
     try:
-        caught_up = subscriptions.wait_until_processed(
-            UserListProjection.name, position, timeout=settings.READ_YOUR_WRITES_TIMEOUT_SECONDS
+        caught_up = progress.wait_until_processed(
+            subscribers.get(UserListProjection.name),
+            position,
+            timeout=settings.READ_YOUR_WRITES_TIMEOUT_SECONDS,
         )
     except LookupError:
         raise ValidationError(

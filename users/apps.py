@@ -7,8 +7,8 @@ class UsersConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from eventstore import subscriptions
+        from eventstore import subscribers
         from users import events  # noqa: F401  (registers the event types)
         from users.projections import UserListProjection
 
-        subscriptions.register(UserListProjection())
+        subscribers.register(UserListProjection())

@@ -18,7 +18,7 @@ import psycopg
 from django.db import connection
 
 from eventstore.store import RecordedEvent
-from eventstore.subscriptions import Projection, handles
+from eventstore.subscribers import Projection, handles
 from users.events import UserCreated, UserDeleted, UserUpdated, UserWelcomed
 from users.models import UserRecord
 

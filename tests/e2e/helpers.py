@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from eventstore import subscriptions
+from eventstore import subscribers, subscriptions
 from tests.conftest import settle
 
 
@@ -24,7 +24,7 @@ def new_user(api: Any, **fields: Any) -> dict[str, Any]:
 def project() -> None:
     """Run the users projection in-process (tests without a worker)."""
     settle()
-    subscriptions.catch_up(subscriptions.get("users"))
+    subscriptions.catch_up(subscribers.get("users"))
 
 
 def assert_problem(response: Any, status: int) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from eventstore import admin_views, store, subscriptions
+from eventstore import admin_views, store, subscribers, subscriptions
 from eventstore.context import message_context
-from eventstore.models import Checkpoint, Event, Stream
+from eventstore.models import Checkpoint, Event, ParkedStream, Stream
 from eventstore.replay import REPLAY_LOCK_NAMESPACE, replay_lock_key
 from eventstore.tasks import replay_progress_key, replay_projection
 from sagas import runner
@@ -29,7 +29,7 @@ from tests import processes
 from tests.conftest import settle
 from tests.events import Noted
 from tests.processes import wait_for
-from tests.testapp.models import Switch
+from tests.testapp.models import Switch, Tally
 from users import handlers
 from users.commands import CreateUser, UpdateUser
 from users.models import UserRecord
@@ -40,6 +40,8 @@ ADMIN = "/admin/"
 EVENTS = "/admin/eventstore/event/"
 STREAMS = "/admin/eventstore/stream/"
 SUBSCRIBERS = "/admin/eventstore/checkpoint/"
+PARKED = "/admin/eventstore/parkedstream/"
+SKIPPED = "/admin/eventstore/skippedevent/"
 SAGAS = "/admin/sagas/sagainstance/"
 USERS = "/admin/users/userrecord/"
 TAIL = "/admin/eventstore/event/tail/"
@@ -63,7 +65,7 @@ def create_user(**fields: Any) -> uuid.UUID:
 def catch_up(*names: str) -> None:
     settle()
     for name in names or ("users", "welcome-saga"):
-        subscriptions.catch_up(subscriptions.get(name))
+        subscriptions.catch_up(subscribers.get(name))
 
 
 def run_welcome(user_id: uuid.UUID) -> SagaInstance:
@@ -122,14 +124,15 @@ def listed_positions(response: Any) -> list[int]:
 
 def pages(user_id: uuid.UUID | None = None) -> list[str]:
     """Every page of the console (with an event and a stream when a user is given)."""
-    urls = [ADMIN, EVENTS, STREAMS, SUBSCRIBERS, SAGAS, USERS, TAIL, TAIL_FEED, DASHBOARD]
+    urls = [ADMIN, EVENTS, STREAMS, SUBSCRIBERS, SAGAS, USERS, TAIL, TAIL_FEED, DASHBOARD,
+            PARKED, SKIPPED]  # fmt: skip
     if user_id is not None:
         created = event(user_id, "UserCreated")
         urls += [
             f"{EVENTS}{created.position}/change/",
             f"{STREAMS}user-{user_id}/change/",
             f"{USERS}{user_id}/change/",
-            f"{SUBSCRIBERS}users/change/",
+            f"{SUBSCRIBERS}{Checkpoint.objects.get(name='users').pk}/change/",
             f"{SUBSCRIBERS}users/replay/",
         ]
     return urls
@@ -244,7 +247,7 @@ class TestReadOnly:
         pk = {
             "stream": f"user-{user_id}",
             "user": str(user_id),
-            "checkpoint": "users",
+            "checkpoint": str(Checkpoint.objects.get(name="users").pk),
             "saga": str(SagaInstance.objects.get().pk),
         }[key]
         sagas = list(SagaInstance.objects.values())
@@ -470,55 +473,63 @@ class TestUsersReadModel:
 # --- subscribers ------------------------------------------------------------------------
 
 
-def fail_the_tally() -> Checkpoint:
+def park_a_tally() -> ParkedStream:
     Switch.objects.create(name="fail")
     store.append("note-boom", [Noted(text="boom")])
     catch_up("test-tally")  # or a worker woken by the append gets there first
     wait_for(
-        lambda: Checkpoint.objects.filter(name="test-tally").exclude(error="").exists(),
+        lambda: ParkedStream.objects.filter(subscriber="test-tally").exists(),
         30,
-        "test-tally to fail",
+        "test-tally to park its stream",
     )
-    return Checkpoint.objects.get(name="test-tally")
+    return ParkedStream.objects.get(subscriber="test-tally")
 
 
 class TestSubscribers:
-    def test_every_subscriber_with_lag_activity_and_errors(self, admin_client) -> None:
+    def test_every_subscriber_with_lag_activity_and_parked_streams(self, admin_client) -> None:
         create_user()
         catch_up("users")
-        failed = fail_the_tally()
-        assert failed.error
+        parked = park_a_tally()
+        assert parked.error.startswith("RuntimeError: cannot tally")
         response = admin_client.get(SUBSCRIBERS)
         assert response.status_code == 200
         rows = {row["name"]: row for row in response.context["rows"]}
         assert set(rows) == {"users", "welcome-saga", "test-tally"}
         assert rows["users"]["events_processed"] == 1
         assert rows["welcome-saga"]["lag"] == 2  # it has not run: both events are ahead
-        assert rows["test-tally"]["error"].startswith("RuntimeError: cannot tally")
+        assert (rows["test-tally"]["state"], rows["test-tally"]["parked"]) == ("parked", 1)
         body = response.content.decode()
-        boom = Event.objects.get(stream_id="note-boom").position
-        assert f'<a href="{EVENTS}{boom}/change/">#{boom}</a>' in body
+        assert 'href="/admin/eventstore/parkedstream/?subscriber=test-tally"' in body
         assert 'action="/admin/eventstore/checkpoint/test-tally/retry/"' in body
         assert 'action="/admin/eventstore/checkpoint/users/replay/"' in body
         assert 'action="/admin/eventstore/checkpoint/welcome-saga/replay/"' not in body
+        listing = admin_client.get("/admin/eventstore/parkedstream/").content.decode()
+        boom = Event.objects.get(stream_id="note-boom").position
+        assert f'<a href="{EVENTS}{boom}/change/">test.Noted v0</a>' in listing
 
-    def test_retry_a_failed_subscriber(self, admin_client, celery_worker) -> None:
-        failed = fail_the_tally()
-        assert failed.retry_at is not None
+    def test_a_partitioned_subscriber_shows_each_partition(self, admin_client, settings) -> None:
+        settings.SUBSCRIBER_PARTITIONS = {"test-tally": 3}
+        for i in range(6):
+            store.append(f"note-{i}", [Noted(text="p")])
+        catch_up("test-tally")
+        response = admin_client.get(SUBSCRIBERS)
+        rows = {row["name"]: row for row in response.context["rows"]}
+        assert [p["partition"] for p in rows["test-tally"]["partition_rows"]] == [0, 1, 2]
+        assert sum(p["events_processed"] for p in rows["test-tally"]["partition_rows"]) == 6
+        assert response.content.decode().count('data-name="test-tally" data-partition=') == 3
+
+    def test_retry_parked_streams(self, admin_client, celery_worker) -> None:
+        park_a_tally()
         Switch.objects.filter(name="fail").delete()
         response = admin_client.post(f"{SUBSCRIBERS}test-tally/retry/", follow=True)
         assert response.status_code == 200
-        assert "backoff lifted, retry queued" in response.content.decode()
-
-        def recovered() -> bool:
-            checkpoint = Checkpoint.objects.get(name="test-tally")
-            return checkpoint.error == "" and checkpoint.events_processed == 1
-
-        wait_for(recovered, 30, "the worker to retry test-tally")
-        assert Checkpoint.objects.get(name="test-tally").retry_at is None
+        assert "1 parked stream(s) handled" in response.content.decode()
+        assert not ParkedStream.objects.exists()
+        assert Checkpoint.objects.get(name="test-tally").events_processed == 0
+        assert Tally.objects.get(stream_id="note-boom").count == 1
 
     def test_operations_need_the_change_permission(self, staff_with) -> None:
-        fail_the_tally()
+        park_a_tally()
         viewer = staff_with("eventstore.view_checkpoint")
         page = viewer.get(SUBSCRIBERS)
         assert page.status_code == 200
@@ -527,7 +538,7 @@ class TestSubscribers:
         assert viewer.post(f"{SUBSCRIBERS}test-tally/retry/").status_code == 403
         assert viewer.post(f"{SUBSCRIBERS}users/replay/").status_code == 403
         assert viewer.get(f"{SUBSCRIBERS}test-tally/retry/").status_code == 405
-        assert Checkpoint.objects.get(name="test-tally").retry_at is not None
+        assert ParkedStream.objects.exists()
 
     def test_replay_runs_in_the_worker_and_reports_progress(
         self, admin_client, celery_worker, settings
@@ -537,7 +548,13 @@ class TestSubscribers:
         wait_for(lambda: UserRecord.objects.count() == 3, 30, "the worker to project")
         UserRecord.objects.filter(id=ids[0]).update(first_name="drifted")  # a broken read model
 
-        response = admin_client.post(f"{SUBSCRIBERS}users/replay/", follow=True)
+        asked = admin_client.post(f"{SUBSCRIBERS}users/replay/")
+        assert asked.status_code == 200  # a confirmation page first: nothing queued yet
+        assert "Yes, replay it" in asked.content.decode()
+        assert cache.get(replay_progress_key("users")) is None
+        response = admin_client.post(
+            f"{SUBSCRIBERS}users/replay/", {"confirmed": "yes"}, follow=True
+        )
         assert response.status_code == 200
         assert "Replay of users queued" in response.content.decode()
 
@@ -567,7 +584,9 @@ class TestSubscribers:
     def test_a_replay_is_refused_while_one_is_queued(self, admin_client) -> None:
         now = timezone.now().isoformat()
         cache.set(replay_progress_key("users"), {"state": "queued", "updated_at": now})
-        response = admin_client.post(f"{SUBSCRIBERS}users/replay/", follow=True)
+        response = admin_client.post(
+            f"{SUBSCRIBERS}users/replay/", {"confirmed": "yes"}, follow=True
+        )
         assert "A replay of users is already queued." in response.content.decode()
 
     def test_only_projections_replay(self, admin_client) -> None:

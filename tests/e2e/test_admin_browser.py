@@ -128,6 +128,8 @@ def test_staff_follow_users_from_the_api_to_their_events(
     # A replay of the users projection, run by the worker, its progress polled.
     page.goto(f"{base}/admin/eventstore/checkpoint/")
     page.click("#sub-users .replay-button")
+    expect(page.locator("#content")).to_contain_text("Rebuild users from the first event?")
+    page.click("input[type=submit][value='Yes, replay it']")
     expect(page.locator(".messagelist")).to_contain_text("Replay of users queued")
     done = page.locator("#sub-users .replay[data-state='done']")
     expect(done).to_be_visible(timeout=60_000)

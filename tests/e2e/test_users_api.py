@@ -398,14 +398,14 @@ def test_read_your_writes_with_a_real_worker(api, celery_worker) -> None:
 
 
 def test_waiting_for_a_position_no_event_has_is_a_400_at_once(api, monkeypatch) -> None:
-    from eventstore import subscriptions
+    from eventstore import progress
 
     user = new_user(api)
 
     def no_waiting(seconds: float) -> None:
         raise AssertionError("waited for a position no event has")
 
-    monkeypatch.setattr(subscriptions.time, "sleep", no_waiting)
+    monkeypatch.setattr(progress.time, "sleep", no_waiting)
     for url in (f"/v1/users/{user['id']}", "/v1/users"):
         body = assert_problem(api.get(f"{url}?wait_for={user['position'] + 10**9}"), 400)
         assert "No event has position" in str(body)

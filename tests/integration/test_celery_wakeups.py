@@ -10,7 +10,7 @@ import uuid
 import pytest
 from django.db import connection
 
-from eventstore import subscriptions
+from eventstore import subscribers, subscriptions
 from eventstore.models import Checkpoint, Event
 from eventstore.tasks import run_subscriber
 from tests.integration.test_subscriptions import tallies, write
@@ -50,7 +50,7 @@ def test_worker_killed_mid_batch_leaves_a_correct_read_model(tmp_path) -> None:
     env = child_env(TALLY_SLOW_SECONDS="0.01")
     worker = celery_worker(env, tmp_path / "worker1.log")
     try:
-        subscriptions.ensure_checkpoint(subscriptions.get("test-tally"))
+        subscriptions.ensure_checkpoints(subscribers.get("test-tally"))
         run_subscriber.delay("test-tally")
         wait_for(
             lambda: Checkpoint.objects.get(name="test-tally").events_processed >= 100,
@@ -134,55 +134,19 @@ def test_waking_several_subscribers_asks_redis_once(wake_sends) -> None:
     from eventstore import wakeups
 
     cache.clear()
-    wakeups.wake(["test-tally", "users"])
+    wakeups.wake([("test-tally", 0), ("users", 0)])
     assert wake_sends == [["test-tally", "users"]]
     assert sorted(broker_tasks()) == [
         ("eventstore.tasks.run_subscriber", "('test-tally',)"),
         ("eventstore.tasks.run_subscriber", "('users',)"),
     ]
-    wakeups.wake(["test-tally", "users"])  # both still queued: nothing more
+    wakeups.wake([("test-tally", 0), ("users", 0)])  # both still queued: nothing more
     assert len(broker_tasks()) == 2
-    wakeups.clear(wakeups.wake_key("users"))  # its task started
-    wakeups.wake(["test-tally", "users"])
+    wakeups.clear(wakeups.wake_key("users", 0))  # its task started
+    wakeups.wake([("test-tally", 0), ("users", 0)])
     assert sorted(broker_tasks()).count(("eventstore.tasks.run_subscriber", "('users',)")) == 2
     assert len(broker_tasks()) == 3
     assert len(wake_sends) == 3
-
-
-def test_appends_committed_in_a_coalesced_block_wake_once_as_it_ends(wake_sends) -> None:
-    from django.core.cache import cache
-
-    from eventstore import wakeups
-
-    cache.clear()
-    wake = ("eventstore.tasks.run_subscriber", "('test-tally',)")
-    with wakeups.coalesced():
-        with wakeups.coalesced():  # nested: the outer block wakes
-            write(10, 3)  # ten appends, each committed and each waking the tally
-        assert wake_sends == []
-        assert broker_tasks() == []
-    assert wake_sends == [["test-tally"]]
-    assert broker_tasks() == [wake]
-    wakeups.clear(wakeups.wake_key("test-tally"))
-    write(1, 1)  # outside any block: at once
-    assert broker_tasks() == [wake, wake]
-
-
-def test_a_coalesced_block_that_raises_still_wakes_for_what_it_committed(wake_sends) -> None:
-    from django.core.cache import cache
-
-    from eventstore import wakeups
-
-    def commit_then_fail() -> None:
-        with wakeups.coalesced():
-            write(2, 1)  # committed
-            raise RuntimeError("after the commit")
-
-    cache.clear()
-    with pytest.raises(RuntimeError):
-        commit_then_fail()
-    assert wake_sends == [["test-tally"]]
-    assert broker_tasks() == [("eventstore.tasks.run_subscriber", "('test-tally',)")]
 
 
 def test_a_burst_of_appends_queues_one_wake_up_per_subscriber() -> None:
@@ -198,9 +162,9 @@ def test_a_burst_of_appends_queues_one_wake_up_per_subscriber() -> None:
     wake = ("eventstore.tasks.run_subscriber", "('test-tally',)")
     assert broker_tasks().count(wake) == 1
     # A delayed re-check is queued apart: it neither blocks a fresh wake-up nor doubles.
-    assert wakeups.recheck("test-tally", 1, 5.0)
-    assert not wakeups.recheck("test-tally", 2, 5.0)
-    wakeups.clear(wakeups.wake_key("test-tally"))  # what a starting task does
+    assert wakeups.recheck("test-tally", 0, 1, 5.0)
+    assert not wakeups.recheck("test-tally", 0, 2, 5.0)
+    wakeups.clear(wakeups.wake_key("test-tally", 0))  # what a starting task does
     write(1, 1)
     tasks = broker_tasks()
     assert tasks.count(wake) == 2

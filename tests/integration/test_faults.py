@@ -295,13 +295,13 @@ def test_projection_follows_stream_order_when_a_saga_took_its_id_first(monkeypat
     an id, before it appends UserWelcomed; an update committed meanwhile has a larger id
     but a smaller version, so the feed delivers that stream out of order. The read model
     must still end as the stream says."""
-    from eventstore import subscriptions
+    from eventstore import subscribers, subscriptions
     from sagas import runner
     from tests.conftest import settle
 
     user_id = create_user()
     settle()
-    subscriptions.catch_up(subscriptions.get("welcome-saga"))  # the saga waits to welcome
+    subscriptions.catch_up(subscribers.get("welcome-saga"))  # the saga waits to welcome
     instance = SagaInstance.objects.get(correlation_key=str(user_id))
     paused, go = threading.Event(), threading.Event()
     load = handlers.repository.load

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from django.db import connection, transaction
 
-from eventstore import replay, store, subscriptions
+from eventstore import replay, store, subscribers, subscriptions
 from eventstore.models import Checkpoint
 from tests.conftest import settle
 from tests.events import Noted
@@ -19,8 +19,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def tally() -> subscriptions.Subscriber:
-    return subscriptions.get("test-tally")
+def tally() -> subscribers.Subscriber:
+    return subscribers.get("test-tally")
 
 
 def write(streams: int, per_stream: int) -> None:

@@ -9,9 +9,9 @@ import uuid
 import pytest
 from django.db import connection, connections
 
-from eventstore import replay, store, subscriptions
-from eventstore.models import Checkpoint
-from eventstore.subscriptions import ProcessManager, handles
+from eventstore import operations, progress, replay, store, subscribers, subscriptions
+from eventstore.models import Checkpoint, ParkedStream
+from eventstore.subscribers import ProcessManager, handles
 from tests.conftest import settle
 from tests.events import Noted
 from tests.testapp.models import Switch, Tally
@@ -20,8 +20,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def tally() -> subscriptions.Subscriber:
-    return subscriptions.get("test-tally")
+def tally() -> subscribers.Subscriber:
+    return subscribers.get("test-tally")
 
 
 def write(stream_count: int, per_stream: int, text: str = "t") -> dict[str, tuple[int, int]]:
@@ -39,6 +39,10 @@ def tallies() -> dict[str, tuple[int, int]]:
     return {t.stream_id: (t.count, t.total) for t in Tally.objects.all()}
 
 
+def lag(subscriber: subscribers.Subscriber) -> int:
+    return sum(progress.lag(p)[0] for p in subscribers.partitions_of(subscriber))
+
+
 def test_catch_up_processes_everything_once(tally) -> None:
     expected = write(30, 12)  # 360 events, batch size 100
     result = subscriptions.catch_up(tally)
@@ -50,7 +54,7 @@ def test_catch_up_processes_everything_once(tally) -> None:
     assert tallies() == expected
     checkpoint = Checkpoint.objects.get(name="test-tally")
     assert checkpoint.events_processed == 360
-    assert subscriptions.lag("test-tally") == 0
+    assert lag(tally) == 0
 
 
 def test_racing_catch_ups_while_appending_are_exactly_once(tally, threads) -> None:
@@ -87,32 +91,36 @@ def test_racing_catch_ups_while_appending_are_exactly_once(tally, threads) -> No
     assert tallies() == expected
 
 
-def test_failing_handler_stops_at_the_event_and_resumes_after_the_fix(tally) -> None:
+def test_a_failing_handler_parks_its_stream_and_the_rest_goes_on(tally) -> None:
     before = write(2, 3)
     bad_stream = f"tally-{uuid.uuid4()}"
     store.append(bad_stream, [Noted(text="ok", n=1)])
     boom = store.append(bad_stream, [Noted(text="boom", n=2)])
+    store.append(bad_stream, [Noted(text="later", n=4)])  # waits behind the bad one
     after = write(2, 3)  # settles
     Switch.objects.create(name="fail")
 
     result = subscriptions.catch_up(tally)
-    assert result.stopped == "failed"
-    assert tallies() == {**before, bad_stream: (1, 1)}
-    checkpoint = Checkpoint.objects.get(name="test-tally")
-    assert checkpoint.error_position == boom.last_position
-    assert "RuntimeError: cannot tally" in checkpoint.error
-    assert checkpoint.error_count == 1
-    assert checkpoint.retry_at is not None
+    assert result.stopped == "caught_up"  # every other stream is done
+    assert tallies() == {**before, bad_stream: (1, 1), **after}
+    parked = ParkedStream.objects.get(subscriber="test-tally")
+    assert (parked.stream_id, parked.cursor_position) == (bad_stream, boom.last_position)
+    assert "RuntimeError: cannot tally" in parked.error
+    assert parked.retry_at is not None  # retried automatically, with backoff
+    assert lag(tally) == 0  # parked events are not lag: they are accounted for here
 
-    # Backing off: a wake-up before retry_at does nothing, and nothing is skipped.
-    assert subscriptions.catch_up(tally).stopped == "backing_off"
+    # Still failing: the retry leaves it parked, at the same event, one attempt more.
+    assert not operations.retry_parked("test-tally", bad_stream)
+    parked.refresh_from_db()
+    assert (parked.attempts, parked.cursor_position) == (2, boom.last_position)
     Switch.objects.all().delete()  # the fix is deployed
-    assert subscriptions.retry_now("test-tally")
-    result = subscriptions.catch_up(tally)
-    assert result.stopped == "caught_up"
-    assert tallies() == {**before, bad_stream: (2, 3), **after}
-    checkpoint.refresh_from_db()
-    assert (checkpoint.error, checkpoint.error_position, checkpoint.retry_at) == ("", None, None)
+    assert operations.retry_parked("test-tally", bad_stream)
+    assert tallies() == {**before, bad_stream: (3, 7), **after}
+    assert not ParkedStream.objects.exists()
+    store.append(bad_stream, [Noted(text="next", n=8)])  # the stream flows again
+    settle()
+    subscriptions.catch_up(tally)
+    assert tallies()[bad_stream] == (4, 15)
 
 
 def test_a_failing_subscriber_does_not_block_others(tally, monkeypatch) -> None:
@@ -125,12 +133,14 @@ def test_a_failing_subscriber_does_not_block_others(tally, monkeypatch) -> None:
         def noted(self, event):
             seen.append(event.position)
 
-    monkeypatch.setitem(subscriptions._subscribers, "test-counter", Counter())
+    monkeypatch.setitem(subscribers._subscribers, "test-counter", Counter())
     store.append(f"tally-{uuid.uuid4()}", [Noted(text="boom"), Noted(text="after")])
     Switch.objects.create(name="fail")
     settle()
     results = subscriptions.catch_up_all()
-    assert results["test-tally"].stopped == "failed"
+    assert results["test-tally"].processed == 0
+    assert ParkedStream.objects.filter(subscriber="test-tally").count() == 1
+    assert not ParkedStream.objects.filter(subscriber="test-counter").exists()
     assert results["test-counter"].processed == 2
     assert len(seen) == 2
 
@@ -166,8 +176,8 @@ def test_wake_up_while_the_holder_finishes_is_not_lost(tally) -> None:
 def test_read_your_writes_waits_for_the_position(tally) -> None:
     result = store.append(f"tally-{uuid.uuid4()}", [Noted(text="x")])
     settle()
-    subscriptions.ensure_checkpoint(tally)
-    assert not subscriptions.wait_until_processed("test-tally", result.last_position, timeout=0.05)
+    subscriptions.ensure_checkpoints(tally)
+    assert not progress.wait_until_processed(tally, result.last_position, timeout=0.05)
 
     def later() -> None:
         time.sleep(0.2)
@@ -175,7 +185,7 @@ def test_read_your_writes_waits_for_the_position(tally) -> None:
         connections.close_all()
 
     threading.Thread(target=later).start()
-    assert subscriptions.wait_until_processed("test-tally", result.last_position, timeout=5)
+    assert progress.wait_until_processed(tally, result.last_position, timeout=5)
 
 
 class TestReplay:
@@ -192,7 +202,7 @@ class TestReplay:
         assert result.rows == {"testapp_tally": 40}
         rebuilt = sorted(Tally.objects.values_list("stream_id", "count", "total", "last_version"))
         assert rebuilt == incremental
-        assert subscriptions.lag("test-tally") == 0
+        assert lag(tally) == 0
         assert subscriptions.catch_up(tally).processed == 0
 
     def test_readers_never_see_an_empty_or_partial_table(self, tally) -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection
 
-from eventstore import replay, store, subscriptions
+from eventstore import replay, store, subscribers, subscriptions
 from tests.conftest import settle
 from users.events import UserCreated, UserDeleted, UserUpdated, UserWelcomed
 from users.models import UserRecord
@@ -69,7 +69,7 @@ def test_the_fold_writes_every_column_of_the_model() -> None:
 def test_rebuild_equals_incremental_build_across_batch_boundaries(monkeypatch) -> None:
     users = histories()
     append_interleaved(users)
-    projection = subscriptions.get("users")
+    projection = subscribers.get("users")
     monkeypatch.setattr(projection, "batch_size", 4)
     assert subscriptions.catch_up(projection).stopped == "caught_up"
     incremental = rows()
@@ -106,7 +106,7 @@ def test_rebuild_equals_incremental_build_across_batch_boundaries(monkeypatch) -
 
 def test_scratch_table_is_unlogged_and_keeps_only_unique_indexes() -> None:
     append_interleaved(histories())
-    projection = subscriptions.get("users")
+    projection = subscribers.get("users")
     schema = replay.scratch_schema(projection)
     seen: list[tuple] = []
 

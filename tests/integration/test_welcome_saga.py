@@ -13,7 +13,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from eventstore import store, subscriptions
+from eventstore import store, subscribers, subscriptions
 from eventstore.models import Event
 from sagas import dispatch, registry, runner, welcome
 from sagas import mail as saga_mail
@@ -40,7 +40,7 @@ def create_user(email: str | None = None, first_name: str = "Wil") -> uuid.UUID:
 
 def run_saga_subscriber() -> None:
     settle()
-    subscriptions.catch_up(subscriptions.get("welcome-saga"))
+    subscriptions.catch_up(subscribers.get("welcome-saga"))
 
 
 def instance_for(user_id: uuid.UUID) -> SagaInstance:
@@ -161,7 +161,7 @@ def test_racing_runs_welcome_and_mail_once(threads) -> None:
     user_id = create_user()
     created = store.read_stream(f"user-{user_id}")[0]
     run_saga_subscriber()
-    subscriptions.get("welcome-saga").handle_batch([created])  # a redelivery
+    subscribers.get("welcome-saga").handle_batch([created])  # a redelivery
     assert SagaInstance.objects.filter(correlation_key=str(user_id)).count() == 1
     instance_id = instance_for(user_id).pk
     outcomes = threads(8, lambda i: runner.run(instance_id))

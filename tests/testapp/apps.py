@@ -7,7 +7,7 @@ class TestAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from eventstore import subscriptions
+        from eventstore import subscribers
         from tests.testapp.projections import TallyProjection
 
-        subscriptions.register(TallyProjection())
+        subscribers.register(TallyProjection())

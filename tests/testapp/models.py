@@ -31,3 +31,19 @@ class Switch(models.Model):
 
 def switch_is_on(name: str) -> bool:
     return Switch.objects.filter(name=name).exists()
+
+
+class BatchLog(models.Model):
+    """One row per committed batch of the tally projection (when TALLY_LOG_BATCHES is set):
+    which process ran it, which streams it touched, and when, to show batches overlap."""
+
+    pid = models.IntegerField()
+    started = models.FloatField()
+    finished = models.FloatField()
+    events = models.IntegerField()
+
+    class Meta:
+        db_table = "testapp_batch_log"
+
+    def __str__(self) -> str:
+        return f"{self.pid}: {self.events} events"

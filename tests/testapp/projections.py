@@ -2,6 +2,8 @@
 
 Switches (rows in ``testapp_switch``, so worker processes see them too): ``fail`` makes
 the handler raise on events whose text is "boom"; ``slow`` makes it sleep on "slow".
+Worker processes take ``TALLY_BATCH_SIZE``, ``TALLY_PARTITIONS`` and ``TALLY_SLOW_SECONDS``
+from their environment.
 """
 
 import os
@@ -10,15 +12,24 @@ import time
 from django.db import connection
 
 from eventstore.store import RecordedEvent
-from eventstore.subscriptions import Projection, handles
+from eventstore.subscribers import Projection, handles
 from tests.events import Noted
-from tests.testapp.models import Tally, switch_is_on
+from tests.testapp.models import BatchLog, Tally, switch_is_on
 
 
 class TallyProjection(Projection):
     name = "test-tally"
     read_models = [Tally]
     batch_size = int(os.environ.get("TALLY_BATCH_SIZE", "100"))
+    partitions = int(os.environ.get("TALLY_PARTITIONS", "1"))
+
+    def handle_batch(self, events: list[RecordedEvent]) -> None:
+        started = time.time()
+        super().handle_batch(events)
+        if os.environ.get("TALLY_LOG_BATCHES"):  # committed with the batch, or not at all
+            BatchLog.objects.create(
+                pid=os.getpid(), started=started, finished=time.time(), events=len(events)
+            )
 
     @handles(Noted)
     def noted(self, event: RecordedEvent) -> None:

@@ -5,8 +5,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from eventstore import replay, subscriptions
-from eventstore.subscriptions import Projection
+from eventstore import replay, subscribers
+from eventstore.subscribers import Projection
 
 
 class Command(BaseCommand):
@@ -21,7 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=2000, help="events per transaction")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        projections = [s for s in subscriptions.all_subscribers() if isinstance(s, Projection)]
+        projections = [s for s in subscribers.all_subscribers() if isinstance(s, Projection)]
         if options["all"]:
             chosen = projections
         elif options["names"]:
