@@ -102,6 +102,9 @@ class Checkpoint(models.Model):
     class Meta:
         db_table = "checkpoints"
         ordering = ["name"]
+        # The admin calls each row what it is to operators: a subscriber's position.
+        verbose_name = "subscriber"
+        verbose_name_plural = "subscribers"
 
     def __str__(self) -> str:
         return self.name
