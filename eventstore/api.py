@@ -17,7 +17,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.permissions import IsAdminUser
+from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -158,12 +158,29 @@ class FeedQuerySerializer(serializers.Serializer):
         return attrs
 
 
+VIEW_EVENTS = "eventstore.view_event"
+
+
+class CanViewEvents(BasePermission):
+    """Staff holding the permission the admin's event pages ask for (``view_event``).
+
+    The feed and stream pages show every event's data, so being staff is not enough:
+    the API grants exactly what the admin grants.
+    """
+
+    message = "Reading events needs staff status and the eventstore.view_event permission."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        return bool(user and user.is_staff and user.has_perm(VIEW_EVENTS))
+
+
 class EventFeedView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanViewEvents]
 
     @extend_schema(
         operation_id="events_feed",
-        summary="The global event feed (staff)",
+        summary="The global event feed (staff with view_event)",
         description="Every event in commit-safe order. Each page, the last one too, carries "
         "`next_cursor`: poll with `after=<next_cursor>` to follow new events without "
         "missing or re-reading any.",
@@ -221,11 +238,11 @@ STREAM_ID = OpenApiParameter(
 
 
 class StreamView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanViewEvents]
 
     @extend_schema(
         operation_id="streams_retrieve",
-        summary="One stream's events (staff)",
+        summary="One stream's events (staff with view_event)",
         parameters=[STREAM_ID, StreamQuerySerializer],
         responses={
             200: inline_serializer(

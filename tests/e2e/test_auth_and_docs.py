@@ -56,8 +56,18 @@ def test_clients_reach_users_but_not_the_feed(method, url, api) -> None:
 
 
 @pytest.mark.parametrize(("method", "url"), ENDPOINTS)
-def test_staff_session_reaches_everything(method, url, staff) -> None:
-    assert getattr(staff, method)(url, {}, format="json").status_code not in (401, 403)
+def test_staff_with_the_event_permission_reach_everything(method, url, event_viewer) -> None:
+    assert getattr(event_viewer, method)(url, {}, format="json").status_code not in (401, 403)
+
+
+@pytest.mark.parametrize(("method", "url"), ENDPOINTS)
+def test_staff_without_the_event_permission_do_not_read_events(method, url, staff) -> None:
+    """The admin asks for eventstore.view_event before it shows an event; so does the API."""
+    response = getattr(staff, method)(url, {}, format="json")
+    if url in STAFF_ONLY:
+        assert "view_event" in assert_problem(response, 403)["detail"]
+    else:
+        assert response.status_code not in (401, 403)
 
 
 def test_inactive_users_token_stops_working(api, client_user) -> None:

@@ -22,6 +22,7 @@ from rest_framework.test import APIClient
 from rest_framework.throttling import AnonRateThrottle
 
 from eventstore.models import Event, Stream
+from tests.conftest import grant
 from tests.e2e.helpers import assert_problem, new_user, project
 from users.authentication import issue_token
 from users.models import ApiToken, UserRecord
@@ -61,14 +62,19 @@ def roles(transactional_db) -> dict[str, APIClient]:
     plain = users.create_user(username="plain", password="plain-pass-123")
     staff = users.create_user(username="staffer", password="staff-pass-123", is_staff=True)
     root = users.create_superuser(username="root", password="root-pass-123", email="r@x.org")
+    viewer = grant(
+        users.create_user(username="viewer", password="viewer-pass-123", is_staff=True),
+        "eventstore.view_event",
+    )
     staff_session, root_session = APIClient(), APIClient()
     staff_session.force_login(staff)
     root_session.force_login(root)
     return {
         "anonymous": APIClient(),
         "client": token_client(plain),
-        "staff": token_client(staff),
+        "staff": token_client(staff),  # staff without model permissions
         "staff-session": staff_session,
+        "event-viewer": token_client(viewer),  # staff with eventstore.view_event
         "superuser": token_client(root),
         "superuser-session": root_session,
     }
@@ -110,7 +116,16 @@ class TestPermissionMatrix:
         assert len(operations) == 9  # a new endpoint must be thought about here
 
     @pytest.mark.parametrize(
-        "role", ["anonymous", "client", "staff", "staff-session", "superuser", "superuser-session"]
+        "role",
+        [
+            "anonymous",
+            "client",
+            "staff",
+            "staff-session",
+            "event-viewer",
+            "superuser",
+            "superuser-session",
+        ],
     )
     def test_every_operation_for_every_role(self, roles, existing, role) -> None:
         client = roles[role]
@@ -122,7 +137,8 @@ class TestPermissionMatrix:
             if role == "anonymous":
                 assert response.status_code == 401, where
                 assert response["WWW-Authenticate"].startswith("Bearer"), where
-            elif role == "client" and STAFF_ONLY.match(path):
+            elif role in ("client", "staff", "staff-session") and STAFF_ONLY.match(path):
+                # Staff status alone is not enough: the admin's view_event permission is.
                 assert response.status_code == 403, where
             else:
                 assert response.status_code in (200, 201, 204), where
@@ -303,8 +319,11 @@ class TestInjection:
     @pytest.fixture
     def world(self, api, settings) -> dict[str, Any]:
         settings.READ_YOUR_WRITES_TIMEOUT_SECONDS = 0.05
-        staff = get_user_model().objects.create_user(
-            username="inj-staff", password="x-pass-123", is_staff=True
+        staff = grant(
+            get_user_model().objects.create_user(
+                username="inj-staff", password="x-pass-123", is_staff=True
+            ),
+            "eventstore.view_event",
         )
         users = [new_user(api, first_name=name) for name in ("Ada", "Grace", "Alan")]
         project()
