@@ -106,6 +106,13 @@ def _translate(exc: Exception) -> Exception:
     """Domain and store errors as the API exceptions they mean."""
     if isinstance(exc, user_errors.InvalidUserData):
         return exceptions.ValidationError(exc.errors)
+    if isinstance(exc, user_errors.StaleVersion):
+        error = PreconditionFailed(
+            f"The user changed after version {exc.expected} (it is at version {exc.actual}); "
+            "reload it and retry."
+        )
+        error.problem_extra = {"current_version": exc.actual}  # type: ignore[attr-defined]
+        return error
     if isinstance(exc, (user_errors.UserNotFound, StreamNotFound)):
         return exceptions.NotFound(str(exc))
     if isinstance(exc, user_errors.UserError):

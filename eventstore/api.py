@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -91,20 +92,40 @@ def command_context(request: Request) -> Iterator[MessageContext]:
         yield context
 
 
-def parse_if_match(request: Request) -> int | None:
-    """The version in ``If-Match: "3"`` (the ETag a read returned), or None if absent."""
+@dataclass(frozen=True)
+class IfMatch:
+    """An ``If-Match`` header: ``*`` (any current version), or the versions its strong
+    ETags name. Weak ETags (``W/"3"``) are left out: RFC 9110 compares If-Match strongly,
+    so a weak one matches nothing, and a header of weak ones only matches no version."""
+
+    any: bool
+    versions: tuple[int, ...]
+
+
+def parse_if_match(request: Request) -> IfMatch | None:
+    """The ``If-Match`` header (``"3"``, ``"2", "3"``, ``*``), or None if absent."""
     raw = request.headers.get("If-Match")
     if raw is None:
         return None
-    value = raw.strip()
-    if value.startswith("W/"):
-        value = value[2:]
-    value = value.strip('"')
-    if not value.isdigit() or len(value) > 9:
-        raise ValidationError(
-            {"If-Match": [f'{raw!r} is not an ETag of this API; send the ETag you read, e.g. "3".']}
-        )
-    return int(value)
+    if raw.strip() == "*":
+        return IfMatch(any=True, versions=())
+    versions = []
+    for tag in raw.split(","):
+        value = tag.strip()
+        weak = value.startswith("W/")
+        value = value.removeprefix("W/").strip('"')
+        if not value.isdigit() or len(value) > 9:
+            raise ValidationError(
+                {
+                    "If-Match": [
+                        f'{raw!r} is not an ETag of this API; send the ETag you read, e.g. "3", '
+                        "or * for any version."
+                    ]
+                }
+            )
+        if not weak:
+            versions.append(int(value))
+    return IfMatch(any=False, versions=tuple(versions))
 
 
 def serialize_event(event: RecordedEvent) -> dict[str, Any]:

@@ -30,7 +30,6 @@ from eventstore.api import (
     parse_if_match,
     serialize_event,
 )
-from eventstore.errors import ConcurrencyError
 from users import handlers, selectors
 from users.commands import CreateUser, DeleteUser, UpdateUser
 from users.errors import UserNotFound
@@ -54,8 +53,12 @@ IF_MATCH = OpenApiParameter(
     "If-Match",
     OpenApiTypes.STR,
     OpenApiParameter.HEADER,
-    description='The ETag you read (e.g. "3"): the write happens only if the user is still '
-    "at that version, else 412.",
+    description='The ETag you read (e.g. `"3"`): the write happens only if nothing you write '
+    "changed after that version, else 412 with `current_version`. Events the service "
+    "records for its own bookkeeping (`UserWelcomed`, from the welcome saga) do not "
+    "conflict, so the ETag of a create stays usable after the welcome. `*` matches any "
+    'version of an existing user. Compared strongly (RFC 9110): a weak `W/"3"` never '
+    "matches.",
 )
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key",
@@ -146,17 +149,22 @@ def _wait_for_read_model(request: Request, position: int | None) -> dict[str, st
     return {"Read-Model-Caught-Up": "true" if caught_up else "false"}
 
 
-def _handle_conditional(command: Any) -> CommandResult:
-    try:
-        return handlers.handle(command)
-    except ConcurrencyError as exc:
-        if getattr(command, "expected_version", None) is None:
-            raise
-        error = PreconditionFailed(
-            f"The user is at version {exc.actual}, not {exc.expected}; reload it and retry."
+def _expected_version(request: Request) -> int | None:
+    """The version a conditional write is based on; None for no If-Match, or ``*``.
+
+    ``*`` matches any current version: the write only needs the user to exist, which
+    every write checks anyway (a missing user is 404, RFC 9110 section 13.2.1). Of several
+    ETags the newest decides: a change after it conflicts with the older ones too.
+    """
+    condition = parse_if_match(request)
+    if condition is None or condition.any:
+        return None
+    if not condition.versions:
+        raise PreconditionFailed(
+            'If-Match compares ETags strongly (RFC 9110), so a weak one (W/"3") never '
+            'matches: send the ETag as a read or write returned it ("3").'
         )
-        error.problem_extra = {"current_version": exc.actual}  # type: ignore[attr-defined]
-        raise error from None
+    return max(condition.versions)
 
 
 class UserListView(APIView):
@@ -255,11 +263,11 @@ class UserDetailView(APIView):
 
     def _update(self, request: Request, user_id: str, serializer_class: type) -> Response:
         uid = _user_id(user_id)
-        expected = parse_if_match(request)
+        expected = _expected_version(request)
         data = _validated(serializer_class, request.data)
         command = UpdateUser(user_id=uid, expected_version=expected, **data)
         with command_context(request):
-            result = _handle_conditional(command)
+            result = handlers.handle(command)
         return _write_response(result)
 
     @extend_schema(
@@ -275,9 +283,9 @@ class UserDetailView(APIView):
     )
     def delete(self, request: Request, user_id: str) -> Response:
         uid = _user_id(user_id)
-        command = DeleteUser(user_id=uid, expected_version=parse_if_match(request))
+        command = DeleteUser(user_id=uid, expected_version=_expected_version(request))
         with command_context(request):
-            result = _handle_conditional(command)
+            result = handlers.handle(command)
         return Response(
             status=status.HTTP_204_NO_CONTENT,
             headers={"ETag": f'"{result.version}"', "Position": str(result.position)},

@@ -11,6 +11,9 @@ from rest_framework.test import APIClient
 from eventstore import store
 from eventstore.models import Event
 from tests.e2e.helpers import assert_problem, new_user, project
+from tests.processes import wait_for
+from users import handlers
+from users.commands import WelcomeUser
 from users.models import EmailReservation, UserRecord
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -182,7 +185,51 @@ class TestUpdates:
         assert assert_problem(stale, 412)["current_version"] == 1
         assert_problem(api.patch(url, {"first_name": "C"}, format="json", HTTP_IF_MATCH="v1"), 400)
         assert_problem(api.delete(url, HTTP_IF_MATCH='"0"'), 412)
-        assert api.delete(url, HTTP_IF_MATCH='W/"1"').status_code == 204
+        assert api.delete(url, HTTP_IF_MATCH='"1"').status_code == 204
+
+    def test_if_match_star_matches_any_version_of_an_existing_user(self, api) -> None:
+        """RFC 9110: ``*`` matches any current representation; it used to be a 400."""
+        user = new_user(api)
+        url = f"/v1/users/{user['id']}"
+        api.patch(url, {"first_name": "B"}, format="json")
+        star = api.patch(url, {"first_name": "C"}, format="json", HTTP_IF_MATCH="*")
+        assert (star.status_code, star.json()["version"]) == (200, 2)
+        missing = f"/v1/users/{uuid.uuid4()}"
+        on_missing = api.patch(missing, {"first_name": "C"}, format="json", HTTP_IF_MATCH="*")
+        assert_problem(on_missing, 404)
+        assert api.delete(url, HTTP_IF_MATCH="*").status_code == 204
+
+    def test_if_match_compares_strongly_and_takes_a_list(self, api) -> None:
+        """RFC 9110: a weak ETag never matches If-Match; any ETag of a list may."""
+        user = new_user(api)
+        url = f"/v1/users/{user['id']}"
+        weak = api.patch(url, {"first_name": "B"}, format="json", HTTP_IF_MATCH='W/"0"')
+        assert "weak" in assert_problem(weak, 412)["detail"]
+        assert_problem(api.delete(url, HTTP_IF_MATCH='W/"0"'), 412)
+        assert store.stream_version(f"user-{user['id']}") == 0
+        listed = api.patch(url, {"first_name": "B"}, format="json", HTTP_IF_MATCH='W/"7", "0"')
+        assert listed.status_code == 200
+        garbled = api.patch(url, {"first_name": "C"}, format="json", HTTP_IF_MATCH='"0", x')
+        assert_problem(garbled, 400)
+
+    def test_the_etag_of_a_create_survives_the_welcome(self, api) -> None:
+        """UserWelcomed (the saga's bookkeeping) does not make the client's ETag stale;
+        a change the client has not seen does."""
+        created = api.post(
+            "/v1/users",
+            {"email": "etag@example.com", "first_name": "Ada", "last_name": "L"},
+            format="json",
+        )
+        etag, user_id = created["ETag"], created.json()["id"]
+        handlers.handle(WelcomeUser(user_id=uuid.UUID(user_id)))  # what the saga does
+        assert store.stream_version(f"user-{user_id}") == 1
+        url = f"/v1/users/{user_id}"
+        changed = api.patch(url, {"last_name": "King"}, format="json", HTTP_IF_MATCH=etag)
+        assert changed.status_code == 200, changed.content
+        assert changed.json()["version"] == 2
+        stale = api.patch(url, {"last_name": "Byron"}, format="json", HTTP_IF_MATCH=etag)
+        assert assert_problem(stale, 412)["current_version"] == 2
+        assert api.delete(url, HTTP_IF_MATCH=changed["ETag"]).status_code == 204
 
     def test_twenty_concurrent_conditional_writes_one_wins(self, api, threads) -> None:
         user = new_user(api)
@@ -384,6 +431,21 @@ class TestIdempotency:
             HTTP_IDEMPOTENCY_KEY="shared",
         )  # fmt: skip
         assert other.status_code == 201
+
+
+def test_the_etag_of_a_create_stays_valid_after_the_real_welcome_saga(api, celery_worker) -> None:
+    created = api.post(
+        "/v1/users",
+        {"email": "saga-etag@example.com", "first_name": "Ada", "last_name": "L"},
+        format="json",
+    )
+    user_id = created.json()["id"]
+    wait_for(lambda: store.stream_version(f"user-{user_id}") == 1, 60, "the saga's UserWelcomed")
+    response = api.patch(
+        f"/v1/users/{user_id}", {"last_name": "King"}, format="json", HTTP_IF_MATCH=created["ETag"]
+    )
+    assert response.status_code == 200, response.content
+    connections.close_all()
 
 
 def test_read_your_writes_with_a_real_worker(api, celery_worker) -> None:
