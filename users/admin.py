@@ -18,6 +18,7 @@ from django.utils.safestring import SafeString
 from eventstore.admin import Link, ReadOnlyAdmin, related_links
 from eventstore.admin_views import parse_uuid, stream_url
 from eventstore.models import Stream
+from users import rules
 from users.models import UserRecord
 
 
@@ -65,7 +66,7 @@ class UserRecordAdmin(ReadOnlyAdmin):
         if (user_id := parse_uuid(term)) is not None:
             return queryset.filter(id=user_id), False
         if "@" in term:
-            return queryset.filter(email=term.lower()), False
+            return queryset.filter(email=rules.canonical_email(term) or term.lower()), False
         return queryset.filter(last_name=term), False
 
 

@@ -57,6 +57,19 @@ class TestCreate:
         assert "belongs to another user" in assert_problem(response, 409)["detail"]
         assert EmailReservation.objects.count() == 1
 
+    def test_an_internationalised_domain_in_either_spelling_is_one_email(self, api) -> None:
+        created = new_user(api, email="ada@exämple.com")
+        assert created["email"] == "ada@exämple.com"
+        response = api.post(
+            "/v1/users",
+            {"email": "ada@xn--exmple-cua.com", "first_name": "A", "last_name": "L"},
+            format="json",
+        )
+        assert "belongs to another user" in assert_problem(response, 409)["detail"]
+        project()
+        found = api.get("/v1/users", {"email": "ADA@XN--EXMPLE-CUA.COM"}).json()
+        assert [user["id"] for user in found["results"]] == [created["id"]]
+
     def test_concurrent_creates_with_one_email_make_one_user(self, api, threads) -> None:
         def create(i: int) -> int:
             client = APIClient()
