@@ -225,6 +225,39 @@ class TestLimits:
             response = api.generic("POST", "/v1/users", body, content_type="application/json")
             assert "nested too deeply" in assert_problem(response, 400)["detail"]
 
+    @pytest.mark.parametrize(
+        "body",
+        [
+            '{"\\ud800": 1}',
+            '{"email": "a@example.com", "first_name": "A", "last_name": "B", "\\udfff": 1}',
+            '{"email": "\\ud800@example.com", "first_name": "A", "last_name": "B"}',
+            '{"email": "a@example.com", "first_name": {"x": ["\\udc00"]}, "last_name": "B"}',
+            '{"email": "a@example.com", "first_name": [{"\\ud83d": 1}], "last_name": "B"}',
+            '["\\ud800"]',
+            '"\\udbff"',
+        ],
+    )
+    def test_a_lone_surrogate_anywhere_in_a_body_is_a_400(self, api, caplog, body) -> None:
+        """Valid JSON, but no Unicode: it failed to render the error naming the key (500)."""
+        user_id = new_user(api)["id"]
+        caplog.set_level(logging.WARNING)
+        before = events_fingerprint()
+        for method, url in [
+            ("POST", "/v1/users"),
+            ("PUT", f"/v1/users/{user_id}"),
+            ("PATCH", f"/v1/users/{user_id}"),
+        ]:
+            response = api.generic(method, url, body, content_type="application/json")
+            assert "lone surrogate" in assert_problem(response, 400)["detail"], (method, body)
+        assert events_fingerprint() == before
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        # A proper pair is one character, and welcome in a name.
+        pair = '{"first_name": "Ada \\ud83d\\ude00"}'
+        response = api.generic(
+            "PATCH", f"/v1/users/{user_id}", pair, content_type="application/json"
+        )
+        assert response.json()["first_name"] == "Ada \U0001f600"
+
     def test_anonymous_clients_are_throttled_with_retry_after(self, monkeypatch) -> None:
         # Only views open to anonymous clients reach the throttle; elsewhere the missing
         # credentials are refused (401) first.
