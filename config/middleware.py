@@ -31,3 +31,22 @@ class BodySizeLimitMiddleware:
             body = problem(413, f"The request body is {length} bytes; the limit is {limit}.")
             return JsonResponse(body, status=413, content_type=PROBLEM_CONTENT_TYPE)
         return self.get_response(request)
+
+
+class NulByteGuardMiddleware:
+    """Answer 400 to a URL holding a NUL byte, in its path or its query string.
+
+    No id, filter or search term of this service contains one, and PostgreSQL refuses
+    NUL in text: passed on, ``?category=%00`` or ``/admin/.../%00/change/`` would reach
+    the database through some ORM filter and fail there as a 500.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        query = request.META.get("QUERY_STRING", "")
+        if "\x00" in request.path or "%00" in query or "\x00" in query:
+            body = problem(400, "The URL holds a NUL byte (%00); no id or filter here has one.")
+            return JsonResponse(body, status=400, content_type=PROBLEM_CONTENT_TYPE)
+        return self.get_response(request)

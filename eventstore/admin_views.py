@@ -26,7 +26,7 @@ import msgspec
 from django.contrib import messages
 from django.contrib.admin.utils import quote
 from django.core.cache import cache
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import EmptyResultSet, PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection, connections
 from django.db.models import QuerySet
@@ -114,7 +114,10 @@ class EstimatedCountPaginator(Paginator):
         queryset = self.object_list
         if not isinstance(queryset, QuerySet):
             return len(queryset)
-        sql, params = queryset.query.sql_with_params()
+        try:
+            sql, params = queryset.query.sql_with_params()
+        except EmptyResultSet:  # a filter that matches nothing (pk__in=[]) has no SQL
+            return 0
         with connections[queryset.db].cursor() as cursor:
             cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
             plan = cursor.fetchone()[0]
