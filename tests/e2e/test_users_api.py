@@ -491,6 +491,28 @@ def test_unknown_url_is_a_json_404(api) -> None:
     assert "/v1/nothing-here" in body["detail"]
 
 
+@pytest.mark.parametrize("debug", [True, False])
+@pytest.mark.parametrize("method", ["get", "post", "put", "delete"])
+def test_every_unknown_api_url_is_a_problem_404_whatever_debug_says(
+    api, settings, debug, method
+) -> None:
+    """With DEBUG on, Django answered its HTML debug page."""
+    settings.DEBUG = debug
+    for url in ["/v1/nope", "/v1", "/v1/", "/v1/users/x/y", f"/v1/users/{uuid.uuid4()}/events/"]:
+        response = getattr(api, method)(url, {}, format="json")
+        assert "nothing at" in assert_problem(response, 404)["detail"], (method, url)
+    slash = assert_problem(getattr(api, method)("/v1/users/", {}, format="json"), 404)
+    assert "end without a slash: /v1/users" in slash["detail"]
+    anonymous = getattr(APIClient(), method)("/v1/nope", {}, format="json")
+    assert_problem(anonymous, 404)
+
+
+def test_the_root_leads_to_the_api_docs(transactional_db) -> None:
+    response = APIClient().get("/")
+    assert response.status_code == 302
+    assert response["Location"] == "/api/"
+
+
 def test_unexpected_error_is_a_500_problem_without_a_trace(api, monkeypatch) -> None:
     from users import selectors
 
