@@ -35,6 +35,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from config.bounded import make_room
+from config.throttling import AnonRateThrottle
 from users.models import ApiToken
 
 TOKEN_BYTES = 32
@@ -101,8 +102,14 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         if cached is not None and cached[0] > time.monotonic():
             expires, record = cached
         else:
+            # A token not checked lately costs a query: an address that has sent its
+            # anonymous rate of failures is refused before it can cost another.
+            limit = AnonRateThrottle()
+            if limit.exhausted(request):
+                raise exceptions.Throttled(limit.wait())
             record = ApiToken.objects.select_related("user").filter(key_hash=key_hash).first()
             if record is None or not record.user.is_active:
+                limit.allow_request(request, None)  # the failure counts
                 raise exceptions.AuthenticationFailed("Invalid or revoked token.")
             expires = time.monotonic() + settings.API_TOKEN_CACHE_SECONDS
             cached = None
