@@ -1,9 +1,11 @@
-"""Request guards that must run before any view reads the body."""
+"""Request guards that must run before any view reads the body, and the
+Content-Security-Policy of the pages a browser renders."""
 
 from collections.abc import Callable
 
+from csp.middleware import CSPMiddleware
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 
 from config.errors import PROBLEM_CONTENT_TYPE, problem
 
@@ -50,3 +52,26 @@ class NulByteGuardMiddleware:
             body = problem(400, "The URL holds a NUL byte (%00); no id or filter here has one.")
             return JsonResponse(body, status=400, content_type=PROBLEM_CONTENT_TYPE)
         return self.get_response(request)
+
+
+class ContentSecurityPolicyMiddleware(CSPMiddleware):
+    """django-csp's middleware (``CONTENT_SECURITY_POLICY``), for the pages a browser
+    renders (the admin, the API docs), not the JSON API or the probes.
+
+    Its ``EXCLUDE_URL_PREFIXES`` still builds the policy for every response and only then
+    leaves it out, which costs a JSON request several times what the header is worth
+    there (docs/benchmarks.md, "Content-Security-Policy"); this skips those paths first.
+    """
+
+    skipped = ("/v1/", "/health", "/ready")
+
+    def process_request(self, request: HttpRequest) -> None:
+        if not request.path_info.startswith(self.skipped):
+            super().process_request(request)
+
+    def process_response(
+        self, request: HttpRequest, response: HttpResponseBase
+    ) -> HttpResponseBase:
+        if request.path_info.startswith(self.skipped):
+            return response
+        return super().process_response(request, response)

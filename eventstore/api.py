@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 from drf_spectacular.utils import (
+    OpenApiExample,
     OpenApiParameter,
     OpenApiResponse,
     extend_schema,
@@ -24,51 +25,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from eventstore import store
+from eventstore.api_docs import EXAMPLE_EVENT, problem_responses
 from eventstore.context import MessageContext, message_context
 from eventstore.cursor import Cursor
 from eventstore.errors import InvalidAppend, InvalidCursor
 from eventstore.store import RecordedEvent
 
 CORRELATION_HEADER = "X-Correlation-ID"
-
-ProblemSerializer = inline_serializer(
-    "Problem",
-    {
-        "type": serializers.URLField(),
-        "title": serializers.CharField(),
-        "status": serializers.IntegerField(),
-        "detail": serializers.CharField(),
-        "errors": serializers.DictField(
-            child=serializers.ListField(child=serializers.CharField()), required=False
-        ),
-    },
-)
-
-
-PROBLEM_MEDIA_TYPE = "application/problem+json"
-
-
-def _problem(description: str) -> OpenApiResponse:
-    return OpenApiResponse(ProblemSerializer, description=description)
-
-
-# Keyed by (status, media type): errors are served as application/problem+json (RFC 9457).
-PROBLEM_RESPONSES = {
-    (status, PROBLEM_MEDIA_TYPE): _problem(description)
-    for status, description in {
-        400: "Invalid input; `errors` names each field and what to fix.",
-        401: "No or invalid credentials.",
-        403: "Authenticated, but not allowed.",
-        404: "No such resource.",
-        409: "Conflicts with the current state (duplicate email, existing id, deleted).",
-        412: "If-Match is stale; `current_version` says where the resource is.",
-        413: "Request body too large.",
-        415: "Send application/json.",
-        422: "Idempotency-Key reused with a different request.",
-        429: "Too many requests; see Retry-After.",
-        503: "Database unavailable; retry later.",
-    }.items()
-}
 
 
 @contextlib.contextmanager
@@ -207,11 +170,20 @@ class EventFeedView(APIView):
         "missing or re-reading any.",
         parameters=[FeedQuerySerializer],
         responses={
-            200: inline_serializer(
-                "EventFeedPage",
-                {"events": EventSerializer(many=True), "next_cursor": serializers.CharField()},
+            200: OpenApiResponse(
+                inline_serializer(
+                    "EventFeedPage",
+                    {"events": EventSerializer(many=True), "next_cursor": serializers.CharField()},
+                ),
+                description="A page of events; follow with after=next_cursor.",
+                examples=[
+                    OpenApiExample(
+                        "A page",
+                        value={"events": [EXAMPLE_EVENT], "next_cursor": "7313-1042"},
+                    )
+                ],
             ),
-            **PROBLEM_RESPONSES,
+            **problem_responses(400, 401, 403, 429, 503),
         },
     )
     def get(self, request: Request) -> Response:
@@ -266,17 +238,32 @@ class StreamView(APIView):
         summary="One stream's events (staff with view_event)",
         parameters=[STREAM_ID, StreamQuerySerializer],
         responses={
-            200: inline_serializer(
-                "StaffStreamPage",
-                {
-                    "stream_id": serializers.CharField(),
-                    "category": serializers.CharField(),
-                    "version": serializers.IntegerField(),
-                    "events": EventSerializer(many=True),
-                    "next_from_version": serializers.IntegerField(allow_null=True),
-                },
+            200: OpenApiResponse(
+                inline_serializer(
+                    "StaffStreamPage",
+                    {
+                        "stream_id": serializers.CharField(),
+                        "category": serializers.CharField(),
+                        "version": serializers.IntegerField(),
+                        "events": EventSerializer(many=True),
+                        "next_from_version": serializers.IntegerField(allow_null=True),
+                    },
+                ),
+                description="The stream's events, oldest first; ETag is its version.",
+                examples=[
+                    OpenApiExample(
+                        "A stream",
+                        value={
+                            "stream_id": EXAMPLE_EVENT["stream_id"],
+                            "category": "user",
+                            "version": 0,
+                            "events": [EXAMPLE_EVENT],
+                            "next_from_version": None,
+                        },
+                    )
+                ],
             ),
-            **PROBLEM_RESPONSES,
+            **problem_responses(400, 401, 403, 404, 429, 503),
         },
     )
     def get(self, request: Request, stream_id: str) -> Response:
