@@ -16,9 +16,10 @@ from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.db.models import Model, Q, QuerySet
 from django.db.models.fields.json import KT
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import URLPattern, path
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
@@ -57,12 +58,42 @@ def links_for(request: HttpRequest, obj: Model) -> list[Link]:
     return [link for provider in _link_providers[type(obj)] for link in provider(request, obj)]
 
 
+def short_stream_link(stream_id: str) -> SafeString:
+    """A stream's link as a list shows it: category and the id's first 8 characters
+    (enough to tell rows apart; a full UUID would take a list's width), the whole id in
+    its tooltip."""
+    category, _, rest = stream_id.partition("-")
+    shown = f"{category}-{rest[:8]}…" if len(rest) > 12 else stream_id
+    return format_html('<a href="{}" title="{}">{}</a>', stream_url(stream_id), stream_id, shown)
+
+
+def timestamp(value: Any, precise: bool = False) -> str:
+    """The admin's one timestamp format (DATETIME_FORMAT: date, time, zone); ``precise``
+    adds the microseconds, where the order within a second matters."""
+    if value is None:
+        return ""
+    layout = "Y-m-d H:i:s.u T" if precise else "DATETIME_FORMAT"
+    return date_format(timezone.localtime(value), layout)
+
+
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """Shows rows and never writes them: no add, change (POSTs refused) or delete."""
+    """Shows rows and never writes them: no add, change (POSTs refused) or delete, and so
+    no history either."""
 
     actions = None
     paginator = EstimatedCountPaginator
     show_full_result_count = False
+
+    def render_change_form(
+        self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any
+    ) -> HttpResponse:
+        context["show_history"] = False  # templates/admin/change_form_object_tools.html
+        return super().render_change_form(request, context, *args, **kwargs)
+
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        raise Http404("These rows are never edited here, so they have no history.")
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -188,7 +219,7 @@ class StreamAdmin(ReadOnlyAdmin):
 class EventAdmin(ReadOnlyAdmin):
     list_display = [
         "position",
-        "stream_link",
+        "stream_short",
         "version",
         "event_type",
         "recorded",
@@ -214,7 +245,7 @@ class EventAdmin(ReadOnlyAdmin):
                     "event_type",
                     "schema_version",
                     "event_id",
-                    "recorded",
+                    "recorded_precisely",
                     "transaction_id",
                 ]
             },
@@ -229,7 +260,7 @@ class EventAdmin(ReadOnlyAdmin):
         "event_type",
         "schema_version",
         "event_id",
-        "recorded",
+        "recorded_precisely",
         "transaction_id",
         "pretty_data",
         "pretty_metadata",
@@ -239,10 +270,18 @@ class EventAdmin(ReadOnlyAdmin):
     def stream_link(self, event: Event) -> SafeString:
         return format_html('<a href="{}">{}</a>', stream_url(event.stream_id), event.stream_id)
 
+    @admin.display(description="stream", ordering="stream_id")
+    def stream_short(self, event: Event) -> SafeString:
+        return short_stream_link(event.stream_id)
+
     @admin.display(description="recorded at", ordering="recorded_at")
     def recorded(self, event: Event) -> str:
+        return timestamp(event.recorded_at)
+
+    @admin.display(description="recorded at")
+    def recorded_precisely(self, event: Event) -> str:
         # To the microsecond: what happened within one second is often the question.
-        return timezone.localtime(event.recorded_at).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return timestamp(event.recorded_at, precise=True)
 
     @admin.display(description="actor")
     def actor(self, event: Event) -> str:
