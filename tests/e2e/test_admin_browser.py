@@ -182,7 +182,7 @@ TIMESTAMP = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC$"
 PRECISE_TIMESTAMP = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6} UTC$"
 
 
-def test_the_staff_console_fits_a_1366_pixel_screen(page, shots, live_server, api) -> None:
+def test_the_staff_console_fits_a_1366_pixel_screen(page, tmp_path, live_server, api) -> None:
     """A common laptop width: every list and page fits, one timestamp format with its time
     zone, the sidebar names subscribers as the page does, and read-only pages offer no
     history."""
@@ -229,7 +229,7 @@ def test_the_staff_console_fits_a_1366_pixel_screen(page, shots, live_server, ap
         if name == "tail":
             expect(page.locator("#tail-body tr")).to_have_count(4)
         assert page.evaluate(OVERFLOW_JS) == [], name
-        screenshot(page, f"1366-{name}", shots)
+        screenshot(page, f"1366-{name}", tmp_path)  # for a look when it fails; not docs
 
         # The sidebar calls the subscribers' page what the page calls itself.
         sidebar = page.locator("#nav-sidebar")
