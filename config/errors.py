@@ -12,6 +12,8 @@ from typing import Any
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
+from django.urls import Resolver404, resolve
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -106,6 +108,13 @@ def _translate(exc: Exception) -> Exception:
     """Domain and store errors as the API exceptions they mean."""
     if isinstance(exc, user_errors.InvalidUserData):
         return exceptions.ValidationError(exc.errors)
+    if isinstance(exc, user_errors.StaleVersion):
+        error = PreconditionFailed(
+            f"The user changed after version {exc.expected} (it is at version {exc.actual}); "
+            "reload it and retry."
+        )
+        error.problem_extra = {"current_version": exc.actual}  # type: ignore[attr-defined]
+        return error
     if isinstance(exc, (user_errors.UserNotFound, StreamNotFound)):
         return exceptions.NotFound(str(exc))
     if isinstance(exc, user_errors.UserError):
@@ -186,6 +195,20 @@ def _json_problem(request: HttpRequest, status_code: int, detail: str) -> JsonRe
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     return _json_problem(request, 404, f"There is nothing at {request.path}.")
+
+
+@csrf_exempt  # a 404 whatever the method: a POST without a CSRF token too
+def api_not_found(request: HttpRequest) -> JsonResponse:
+    """Any URL under /v1/ that no endpoint has, with a hint for a trailing slash."""
+    detail = f"There is nothing at {request.path}."
+    without_slash = request.path.rstrip("/")
+    if without_slash != request.path:
+        try:
+            if resolve(without_slash).func is not api_not_found:
+                detail += f" The API's URLs end without a slash: {without_slash}"
+        except Resolver404:
+            pass
+    return _json_problem(request, 404, detail)
 
 
 def server_error(request: HttpRequest) -> JsonResponse:

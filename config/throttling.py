@@ -35,9 +35,10 @@ from django.core.cache.backends.redis import RedisCacheClient
 from redis import Redis
 from redis.commands.core import Script
 from redis.exceptions import RedisError
-from rest_framework import throttling
+from rest_framework import authentication, exceptions, throttling
 
 from config.bounded import make_room
+from config.clientip import client_ip
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,10 @@ class FixedWindowMixin:
     # Not DRF's key: a key holding DRF's pickled history would make INCRBY fail.
     cache_format = "throttle_window_%(scope)s_%(ident)s"
 
+    def get_ident(self, request: Any) -> str:
+        # Not DRF's: it believes X-Forwarded-For from anyone unless NUM_PROXIES is set.
+        return client_ip(request)
+
     def allow_request(self, request: Any, view: Any) -> bool:
         if self.rate is None:  # type: ignore[attr-defined]
             return True
@@ -193,15 +198,56 @@ class FailOpenMixin:
             return True
 
 
-class AnonRateThrottle(FailOpenMixin, FixedWindowMixin, throttling.AnonRateThrottle):
-    """Per client IP, for requests without credentials."""
+# The count of a window and the milliseconds it has left, counting nothing.
+_PEEK = Script(
+    None,
+    b"return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('PTTL', KEYS[1])}",
+)
 
-    def allow_request(self, request: Any, view: Any) -> bool:
-        # DRF's anonymous throttle counts nothing for an authenticated client either (its
-        # key is None); saying so first skips the work of getting there on every request.
-        if request.user.is_authenticated:
-            return True
-        return super().allow_request(request, view)
+
+class AnonRateThrottle(FailOpenMixin, FixedWindowMixin, throttling.AnonRateThrottle):
+    """Per client address, for requests no credential vouches for.
+
+    Authentication runs it, before any permission check and before a token is looked up
+    (:class:`AnonymousRateLimit`, ``users.authentication``), so it never reads
+    ``request.user``: it is not in ``DEFAULT_THROTTLE_CLASSES``.
+    """
+
+    def get_cache_key(self, request: Any, view: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+    def exhausted(self, request: Any) -> bool:
+        """Whether the address has used up its window, counting nothing (and False when
+        the cache is unreachable). Sets :meth:`wait` when it has."""
+        if self.rate is None:
+            return False
+        key = self.cache.make_key(self.get_cache_key(request, None))
+        with _leases_lock:
+            lease = _leases.get(key)
+            if lease is not None and lease.left > 0 and time.monotonic() < lease.ends:
+                return False
+        try:
+            count, left_ms = _PEEK(keys=[key], client=redis_client(self.cache))
+        except (RedisError, OSError) as exc:
+            logger.warning("rate limit not checked, the cache is unreachable: %s", exc)
+            return False
+        if count < self.num_requests:
+            return False
+        self.seconds_left = max(left_ms, 1) / 1000
+        return True
+
+
+class AnonymousRateLimit(authentication.BaseAuthentication):
+    """The last of ``DEFAULT_AUTHENTICATION_CLASSES``: reached by requests that no
+    credential authenticated, it counts them against their address's anonymous rate
+    (429 once it is used up), before permissions answer 401 or 403. Authenticates no one.
+    """
+
+    def authenticate(self, request: Any) -> None:
+        throttle = AnonRateThrottle()
+        if not throttle.allow_request(request, None):
+            raise exceptions.Throttled(throttle.wait())
+        return None
 
 
 class UserRateThrottle(FailOpenMixin, FixedWindowMixin, throttling.UserRateThrottle):

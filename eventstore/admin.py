@@ -18,7 +18,6 @@ from django.db.models import Model, Q, QuerySet
 from django.db.models.fields.json import KT
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
-from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
@@ -30,7 +29,9 @@ from eventstore.admin_views import (
     event_url,
     highlight_json,
     parse_uuid,
+    short_stream_link,
     stream_url,
+    timestamp,
 )
 from eventstore.models import Event, Stream
 
@@ -171,7 +172,7 @@ class StreamAdmin(ReadOnlyAdmin):
 class EventAdmin(ReadOnlyAdmin):
     list_display = [
         "position",
-        "stream_link",
+        "stream_short",
         "version",
         "event_type",
         "recorded",
@@ -197,7 +198,7 @@ class EventAdmin(ReadOnlyAdmin):
                     "event_type",
                     "schema_version",
                     "event_id",
-                    "recorded",
+                    "recorded_precisely",
                     "transaction_id",
                 ]
             },
@@ -212,7 +213,7 @@ class EventAdmin(ReadOnlyAdmin):
         "event_type",
         "schema_version",
         "event_id",
-        "recorded",
+        "recorded_precisely",
         "transaction_id",
         "pretty_data",
         "pretty_metadata",
@@ -222,10 +223,18 @@ class EventAdmin(ReadOnlyAdmin):
     def stream_link(self, event: Event) -> SafeString:
         return format_html('<a href="{}">{}</a>', stream_url(event.stream_id), event.stream_id)
 
+    @admin.display(description="stream", ordering="stream_id")
+    def stream_short(self, event: Event) -> SafeString:
+        return short_stream_link(event.stream_id)
+
     @admin.display(description="recorded at", ordering="recorded_at")
     def recorded(self, event: Event) -> str:
+        return timestamp(event.recorded_at)
+
+    @admin.display(description="recorded at")
+    def recorded_precisely(self, event: Event) -> str:
         # To the microsecond: what happened within one second is often the question.
-        return timezone.localtime(event.recorded_at).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return timestamp(event.recorded_at, precise=True)
 
     @admin.display(description="actor")
     def actor(self, event: Event) -> str:

@@ -23,7 +23,14 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from eventstore import operations, parking, status, subscribers, wakeups
-from eventstore.admin_views import ReadOnlyAdmin, admin_context, event_url, require, stream_url
+from eventstore.admin_views import (
+    ReadOnlyAdmin,
+    admin_context,
+    event_url,
+    require,
+    stream_url,
+    timestamp,
+)
 from eventstore.models import Checkpoint, ParkedStream, SkippedEvent
 from eventstore.subscribers import Projection
 from eventstore.tasks import replay_progress_key, replay_projection, report_replay
@@ -226,7 +233,7 @@ class ParkedStreamAdmin(ReadOnlyAdmin):
 
     @admin.display(description="next retry", ordering="retry_at")
     def next_retry(self, parked: ParkedStream) -> str:
-        return parked.retry_at.isoformat(" ", "seconds") if parked.retry_at else "operator"
+        return timestamp(parked.retry_at) if parked.retry_at else "an operator"
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(OPERATE_SUBSCRIBERS)

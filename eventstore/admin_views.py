@@ -24,16 +24,17 @@ import msgspec
 from django.contrib import admin
 from django.contrib.admin.utils import quote
 from django.core.cache import cache
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import EmptyResultSet, PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection, connections
 from django.db.models import QuerySet
-from django.http import HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.functional import cached_property
-from django.utils.html import escape
+from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from eventstore import status, store
@@ -109,7 +110,10 @@ class EstimatedCountPaginator(Paginator):
         queryset = self.object_list
         if not isinstance(queryset, QuerySet):
             return len(queryset)
-        sql, params = queryset.query.sql_with_params()
+        try:
+            sql, params = queryset.query.sql_with_params()
+        except EmptyResultSet:  # a filter that matches nothing (pk__in=[]) has no SQL
+            return 0
         with connections[queryset.db].cursor() as cursor:
             cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
             plan = cursor.fetchone()[0]
@@ -122,12 +126,42 @@ class EstimatedCountPaginator(Paginator):
         return estimate
 
 
+def short_stream_link(stream_id: str) -> SafeString:
+    """A stream's link as a list shows it: category and the id's first 8 characters
+    (enough to tell rows apart; a full UUID would take a list's width), the whole id in
+    its tooltip."""
+    category, _, rest = stream_id.partition("-")
+    shown = f"{category}-{rest[:8]}…" if len(rest) > 12 else stream_id
+    return format_html('<a href="{}" title="{}">{}</a>', stream_url(stream_id), stream_id, shown)
+
+
+def timestamp(value: Any, precise: bool = False) -> str:
+    """The admin's one timestamp format (DATETIME_FORMAT: date, time, zone); ``precise``
+    adds the microseconds, where the order within a second matters."""
+    if value is None:
+        return ""
+    layout = "Y-m-d H:i:s.u T" if precise else "DATETIME_FORMAT"
+    return date_format(timezone.localtime(value), layout)
+
+
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """Shows rows and never writes them: no add, change (POSTs refused) or delete."""
+    """Shows rows and never writes them: no add, change (POSTs refused) or delete, and so
+    no history either."""
 
     actions = None
     paginator = EstimatedCountPaginator
     show_full_result_count = False
+
+    def render_change_form(
+        self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any
+    ) -> HttpResponse:
+        context["show_history"] = False  # templates/admin/change_form_object_tools.html
+        return super().render_change_form(request, context, *args, **kwargs)
+
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        raise Http404("These rows are never edited here, so they have no history.")
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from drf_spectacular.utils import (
+    OpenApiExample,
     OpenApiParameter,
     OpenApiResponse,
     extend_schema,
@@ -17,57 +19,19 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.permissions import IsAdminUser
+from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from eventstore import store
+from eventstore.api_docs import EXAMPLE_EVENT, problem_responses
 from eventstore.context import MessageContext, message_context
 from eventstore.cursor import Cursor
 from eventstore.errors import InvalidAppend, InvalidCursor
 from eventstore.store import RecordedEvent
 
 CORRELATION_HEADER = "X-Correlation-ID"
-
-ProblemSerializer = inline_serializer(
-    "Problem",
-    {
-        "type": serializers.URLField(),
-        "title": serializers.CharField(),
-        "status": serializers.IntegerField(),
-        "detail": serializers.CharField(),
-        "errors": serializers.DictField(
-            child=serializers.ListField(child=serializers.CharField()), required=False
-        ),
-    },
-)
-
-
-PROBLEM_MEDIA_TYPE = "application/problem+json"
-
-
-def _problem(description: str) -> OpenApiResponse:
-    return OpenApiResponse(ProblemSerializer, description=description)
-
-
-# Keyed by (status, media type): errors are served as application/problem+json (RFC 9457).
-PROBLEM_RESPONSES = {
-    (status, PROBLEM_MEDIA_TYPE): _problem(description)
-    for status, description in {
-        400: "Invalid input; `errors` names each field and what to fix.",
-        401: "No or invalid credentials.",
-        403: "Authenticated, but not allowed.",
-        404: "No such resource.",
-        409: "Conflicts with the current state (duplicate email, existing id, deleted).",
-        412: "If-Match is stale; `current_version` says where the resource is.",
-        413: "Request body too large.",
-        415: "Send application/json.",
-        422: "Idempotency-Key reused with a different request.",
-        429: "Too many requests; see Retry-After.",
-        503: "Database unavailable; retry later.",
-    }.items()
-}
 
 
 @contextlib.contextmanager
@@ -91,20 +55,40 @@ def command_context(request: Request) -> Iterator[MessageContext]:
         yield context
 
 
-def parse_if_match(request: Request) -> int | None:
-    """The version in ``If-Match: "3"`` (the ETag a read returned), or None if absent."""
+@dataclass(frozen=True)
+class IfMatch:
+    """An ``If-Match`` header: ``*`` (any current version), or the versions its strong
+    ETags name. Weak ETags (``W/"3"``) are left out: RFC 9110 compares If-Match strongly,
+    so a weak one matches nothing, and a header of weak ones only matches no version."""
+
+    any: bool
+    versions: tuple[int, ...]
+
+
+def parse_if_match(request: Request) -> IfMatch | None:
+    """The ``If-Match`` header (``"3"``, ``"2", "3"``, ``*``), or None if absent."""
     raw = request.headers.get("If-Match")
     if raw is None:
         return None
-    value = raw.strip()
-    if value.startswith("W/"):
-        value = value[2:]
-    value = value.strip('"')
-    if not value.isdigit() or len(value) > 9:
-        raise ValidationError(
-            {"If-Match": [f'{raw!r} is not an ETag of this API; send the ETag you read, e.g. "3".']}
-        )
-    return int(value)
+    if raw.strip() == "*":
+        return IfMatch(any=True, versions=())
+    versions = []
+    for tag in raw.split(","):
+        value = tag.strip()
+        weak = value.startswith("W/")
+        value = value.removeprefix("W/").strip('"')
+        if not value.isdigit() or len(value) > 9:
+            raise ValidationError(
+                {
+                    "If-Match": [
+                        f'{raw!r} is not an ETag of this API; send the ETag you read, e.g. "3", '
+                        "or * for any version."
+                    ]
+                }
+            )
+        if not weak:
+            versions.append(int(value))
+    return IfMatch(any=False, versions=tuple(versions))
 
 
 def serialize_event(event: RecordedEvent) -> dict[str, Any]:
@@ -158,22 +142,48 @@ class FeedQuerySerializer(serializers.Serializer):
         return attrs
 
 
+VIEW_EVENTS = "eventstore.view_event"
+
+
+class CanViewEvents(BasePermission):
+    """Staff holding the permission the admin's event pages ask for (``view_event``).
+
+    The feed and stream pages show every event's data, so being staff is not enough:
+    the API grants exactly what the admin grants.
+    """
+
+    message = "Reading events needs staff status and the eventstore.view_event permission."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        return bool(user and user.is_staff and user.has_perm(VIEW_EVENTS))
+
+
 class EventFeedView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanViewEvents]
 
     @extend_schema(
         operation_id="events_feed",
-        summary="The global event feed (staff)",
+        summary="The global event feed (staff with view_event)",
         description="Every event in commit-safe order. Each page, the last one too, carries "
         "`next_cursor`: poll with `after=<next_cursor>` to follow new events without "
         "missing or re-reading any.",
         parameters=[FeedQuerySerializer],
         responses={
-            200: inline_serializer(
-                "EventFeedPage",
-                {"events": EventSerializer(many=True), "next_cursor": serializers.CharField()},
+            200: OpenApiResponse(
+                inline_serializer(
+                    "EventFeedPage",
+                    {"events": EventSerializer(many=True), "next_cursor": serializers.CharField()},
+                ),
+                description="A page of events; follow with after=next_cursor.",
+                examples=[
+                    OpenApiExample(
+                        "A page",
+                        value={"events": [EXAMPLE_EVENT], "next_cursor": "7313-1042"},
+                    )
+                ],
             ),
-            **PROBLEM_RESPONSES,
+            **problem_responses(400, 401, 403, 429, 503),
         },
     )
     def get(self, request: Request) -> Response:
@@ -221,24 +231,39 @@ STREAM_ID = OpenApiParameter(
 
 
 class StreamView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanViewEvents]
 
     @extend_schema(
         operation_id="streams_retrieve",
-        summary="One stream's events (staff)",
+        summary="One stream's events (staff with view_event)",
         parameters=[STREAM_ID, StreamQuerySerializer],
         responses={
-            200: inline_serializer(
-                "StaffStreamPage",
-                {
-                    "stream_id": serializers.CharField(),
-                    "category": serializers.CharField(),
-                    "version": serializers.IntegerField(),
-                    "events": EventSerializer(many=True),
-                    "next_from_version": serializers.IntegerField(allow_null=True),
-                },
+            200: OpenApiResponse(
+                inline_serializer(
+                    "StaffStreamPage",
+                    {
+                        "stream_id": serializers.CharField(),
+                        "category": serializers.CharField(),
+                        "version": serializers.IntegerField(),
+                        "events": EventSerializer(many=True),
+                        "next_from_version": serializers.IntegerField(allow_null=True),
+                    },
+                ),
+                description="The stream's events, oldest first; ETag is its version.",
+                examples=[
+                    OpenApiExample(
+                        "A stream",
+                        value={
+                            "stream_id": EXAMPLE_EVENT["stream_id"],
+                            "category": "user",
+                            "version": 0,
+                            "events": [EXAMPLE_EVENT],
+                            "next_from_version": None,
+                        },
+                    )
+                ],
             ),
-            **PROBLEM_RESPONSES,
+            **problem_responses(400, 401, 403, 404, 429, 503),
         },
     )
     def get(self, request: Request, stream_id: str) -> Response:

@@ -121,7 +121,9 @@ class Checkpoint(models.Model):
     class Meta:
         db_table = "checkpoints"
         ordering = ["name", "partition"]
+        # The admin calls the rows what they are to operators: subscribers' positions.
         verbose_name = "subscriber"
+        verbose_name_plural = "subscribers"
         constraints = [
             models.UniqueConstraint(fields=["name", "partition"], name="checkpoints_partition_uniq")
         ]

@@ -105,6 +105,11 @@ export DATABASE_URL REDIS_URL
 
 say "Database: $db_source ($DATABASE_URL)"
 say "Broker:   $redis_source ($REDIS_URL)"
+info "manage.py makemigrations --check --dry-run"
+# A model change without its migration would make every scripts/up.sh warn, and the
+# database would not match the code: fail here, before the suite runs.
+"$PY" manage.py makemigrations --check --dry-run \
+    || die "models and migrations disagree: run .venv/bin/python manage.py makemigrations"
 info "pytest $*"
 set +e
 "$VENV/bin/pytest" "$@"

@@ -126,6 +126,34 @@ def staff(transactional_db) -> Any:
     return client
 
 
+def grant(user: Any, *perms: str) -> Any:
+    """Give ``user`` the permissions named ``app_label.codename``; returns it fresh."""
+    from django.contrib.auth.models import Permission
+
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+    return type(user).objects.get(pk=user.pk)  # has_perm caches what it saw
+
+
+@pytest.fixture
+def event_viewer(transactional_db) -> Any:
+    """A staff member with the admin's event permissions, logged in with a session."""
+    from django.contrib.auth import get_user_model
+    from rest_framework.test import APIClient
+
+    user = get_user_model().objects.create_user(
+        username="viewer", password="viewer-pass-123", is_staff=True
+    )
+    user = grant(user, "eventstore.view_event", "eventstore.view_stream")
+    client = APIClient()
+    client.force_login(user)
+    client.user = user
+    return client
+
+
 @pytest.fixture(autouse=True)
 def _clear_cache() -> Iterator[None]:
     """Throttle counters and wake-up keys live in Redis; start each test clean."""

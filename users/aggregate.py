@@ -11,10 +11,14 @@ from datetime import datetime
 
 from eventstore.aggregate import Aggregate, when
 from users import rules
-from users.errors import AlreadyWelcomed, InvalidUserData, UserIsDeleted
+from users.errors import AlreadyWelcomed, InvalidUserData, StaleVersion, UserIsDeleted
 from users.events import UserCreated, UserDeleted, UserUpdated, UserWelcomed
 
 ACTIVE, DELETED = "active", "deleted"
+
+# Events the service records for its own bookkeeping, which change nothing a client
+# writes: a conditional write (If-Match) made before one of them does not conflict.
+BOOKKEEPING_EVENTS = (UserWelcomed,)
 
 
 class User(Aggregate):
@@ -27,6 +31,8 @@ class User(Aggregate):
         self.last_name = ""
         self.status = ""
         self.welcomed_at: datetime | None = None
+        self._applied = 0  # events applied so far; versions run from 0 without gaps
+        self.last_change_version = -1  # version of the last event not in BOOKKEEPING_EVENTS
 
     @property
     def exists(self) -> bool:
@@ -70,11 +76,23 @@ class User(Aggregate):
             raise AlreadyWelcomed(self.id)
         self.record(UserWelcomed(user_id=self.id, welcomed_at=at))
 
+    def check_unchanged_since(self, version: int) -> None:
+        """The rule of ``If-Match``: a write based on ``version`` may go ahead unless an
+        event after it changed what clients write (bookkeeping events do not)."""
+        if not self.last_change_version <= version <= self.version:
+            raise StaleVersion(self.id, version, self.version)
+
     def _ensure_not_deleted(self) -> None:
         if self.status == DELETED:
             raise UserIsDeleted(self.id)
 
     # --- state changes ---------------------------------------------------------------
+
+    def apply(self, event: object) -> None:
+        super().apply(event)
+        self._applied += 1
+        if not isinstance(event, BOOKKEEPING_EVENTS):
+            self.last_change_version = self._applied - 1
 
     @when(UserCreated)
     def _created(self, event: UserCreated) -> None:

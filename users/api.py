@@ -7,13 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpResponse
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import (
-    OpenApiExample,
-    OpenApiParameter,
-    OpenApiResponse,
-    extend_schema,
-)
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import LimitOffsetPagination
@@ -24,14 +18,27 @@ from rest_framework.views import APIView
 from config.errors import PreconditionFailed
 from config.renderers import json_as_drf
 from eventstore import progress, store, subscribers
-from eventstore.api import (
-    PROBLEM_RESPONSES,
-    command_context,
-    parse_if_match,
-    serialize_event,
-)
-from eventstore.errors import ConcurrencyError
+from eventstore.api import command_context, parse_if_match, serialize_event
+from eventstore.api_docs import problem_responses
 from users import handlers, selectors
+from users.api_docs import (
+    CAUGHT_UP,
+    CREATE_EXAMPLE,
+    ETAG,
+    IDEMPOTENCY_KEY,
+    IF_MATCH,
+    LOCATION,
+    PATCH_EXAMPLE,
+    POSITION,
+    REPLACE_EXAMPLE,
+    UPDATED,
+    USER,
+    USER_EVENTS_PAGE,
+    USER_ID,
+    USER_PAGE,
+    WRITE_RESULT,
+    ok,
+)
 from users.commands import CreateUser, DeleteUser, UpdateUser
 from users.errors import UserNotFound
 from users.handlers import CommandResult
@@ -48,51 +55,6 @@ from users.serializers import (
     UserSerializer,
     UserWriteResultSerializer,
     WaitForQuerySerializer,
-)
-
-IF_MATCH = OpenApiParameter(
-    "If-Match",
-    OpenApiTypes.STR,
-    OpenApiParameter.HEADER,
-    description='The ETag you read (e.g. "3"): the write happens only if the user is still '
-    "at that version, else 412.",
-)
-IDEMPOTENCY_KEY = OpenApiParameter(
-    "Idempotency-Key",
-    OpenApiTypes.STR,
-    OpenApiParameter.HEADER,
-    description="Repeat a POST safely: the same key and body return the first response "
-    "and write nothing; the same key with another body is 422.",
-)
-ETAG = OpenApiParameter(
-    "ETag",
-    OpenApiTypes.STR,
-    OpenApiParameter.HEADER,
-    response=[200, 201, 204],
-    description='The stream version, quoted ("3"); send it back as If-Match.',
-)
-LOCATION = OpenApiParameter(
-    "Location", {"type": "string", "format": "uri-reference"}, OpenApiParameter.HEADER,
-    response=[201], description="Path of the new user (relative to the API's host).",
-)  # fmt: skip
-CAUGHT_UP = OpenApiParameter(
-    "Read-Model-Caught-Up",
-    OpenApiTypes.STR,
-    OpenApiParameter.HEADER,
-    response=[200],
-    description="With wait_for: whether the read model reached that position in time.",
-)
-POSITION = OpenApiParameter(
-    "Position", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[204],
-    description="Global position of the event the delete recorded.",
-)  # fmt: skip
-USER_ID = OpenApiParameter(
-    "user_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The user's id."
-)
-CREATE_EXAMPLE = OpenApiExample(
-    "New user",
-    value={"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace"},
-    request_only=True,
 )
 
 
@@ -148,17 +110,22 @@ def _wait_for_read_model(request: Request, position: int | None) -> dict[str, st
     return {"Read-Model-Caught-Up": "true" if caught_up else "false"}
 
 
-def _handle_conditional(command: Any) -> CommandResult:
-    try:
-        return handlers.handle(command)
-    except ConcurrencyError as exc:
-        if getattr(command, "expected_version", None) is None:
-            raise
-        error = PreconditionFailed(
-            f"The user is at version {exc.actual}, not {exc.expected}; reload it and retry."
+def _expected_version(request: Request) -> int | None:
+    """The version a conditional write is based on; None for no If-Match, or ``*``.
+
+    ``*`` matches any current version: the write only needs the user to exist, which
+    every write checks anyway (a missing user is 404, RFC 9110 section 13.2.1). Of several
+    ETags the newest decides: a change after it conflicts with the older ones too.
+    """
+    condition = parse_if_match(request)
+    if condition is None or condition.any:
+        return None
+    if not condition.versions:
+        raise PreconditionFailed(
+            'If-Match compares ETags strongly (RFC 9110), so a weak one (W/"3") never '
+            'matches: send the ETag as a read or write returned it ("3").'
         )
-        error.problem_extra = {"current_version": exc.actual}  # type: ignore[attr-defined]
-        raise error from None
+    return max(condition.versions)
 
 
 class UserListView(APIView):
@@ -168,7 +135,10 @@ class UserListView(APIView):
         description="Users from the read model, newest first unless `ordering` says otherwise. "
         "Pass `wait_for` (a position from a write) to read your own writes.",
         parameters=[UserListQuerySerializer, CAUGHT_UP],
-        responses={200: UserPageSerializer, **PROBLEM_RESPONSES},
+        responses={
+            200: ok(UserPageSerializer, "A page of users.", USER_PAGE),
+            **problem_responses(400, 401, 429, 503),
+        },
     )
     def get(self, request: Request) -> Response:
         query = _validated(UserListQuerySerializer, request.query_params)
@@ -192,8 +162,8 @@ class UserListView(APIView):
         parameters=[IDEMPOTENCY_KEY, ETAG, LOCATION],
         examples=[CREATE_EXAMPLE],
         responses={
-            201: OpenApiResponse(UserWriteResultSerializer, description="Created."),
-            **PROBLEM_RESPONSES,
+            201: ok(UserWriteResultSerializer, "Created.", WRITE_RESULT),
+            **problem_responses(400, 401, 403, 409, 413, 415, 422, 429, 503),
         },
     )
     @idempotent
@@ -215,7 +185,10 @@ class UserDetailView(APIView):
         operation_id="users_retrieve",
         summary="Get a user",
         parameters=[USER_ID, WaitForQuerySerializer, ETAG, CAUGHT_UP],
-        responses={200: UserSerializer, **PROBLEM_RESPONSES},
+        responses={
+            200: ok(UserSerializer, "The user, as the read model has it.", USER),
+            **problem_responses(400, 401, 404, 429, 503),
+        },
     )
     def get(self, request: Request, user_id: str) -> HttpResponse:
         # Most reads carry no query string: then there is nothing to validate, nor a
@@ -240,7 +213,11 @@ class UserDetailView(APIView):
         "(nothing if none does).",
         request=UserReplaceSerializer,
         parameters=[USER_ID, IF_MATCH, ETAG],
-        responses={200: UserWriteResultSerializer, **PROBLEM_RESPONSES},
+        examples=[REPLACE_EXAMPLE],
+        responses={
+            200: ok(UserWriteResultSerializer, "Replaced.", UPDATED),
+            **problem_responses(400, 401, 403, 404, 409, 412, 413, 415, 429, 503),
+        },
     )
     def put(self, request: Request, user_id: str) -> Response:
         return self._update(request, user_id, UserReplaceSerializer)
@@ -250,18 +227,22 @@ class UserDetailView(APIView):
         summary="Change some of a user's fields",
         request=UserPatchSerializer,
         parameters=[USER_ID, IF_MATCH, ETAG],
-        responses={200: UserWriteResultSerializer, **PROBLEM_RESPONSES},
+        examples=[PATCH_EXAMPLE],
+        responses={
+            200: ok(UserWriteResultSerializer, "Changed.", UPDATED),
+            **problem_responses(400, 401, 403, 404, 409, 412, 413, 415, 429, 503),
+        },
     )
     def patch(self, request: Request, user_id: str) -> Response:
         return self._update(request, user_id, UserPatchSerializer)
 
     def _update(self, request: Request, user_id: str, serializer_class: type) -> Response:
         uid = _user_id(user_id)
-        expected = parse_if_match(request)
+        expected = _expected_version(request)
         data = _validated(serializer_class, request.data)
         command = UpdateUser(user_id=uid, expected_version=expected, **data)
         with command_context(request):
-            result = _handle_conditional(command)
+            result = handlers.handle(command)
         return _write_response(result)
 
     @extend_schema(
@@ -272,14 +253,14 @@ class UserDetailView(APIView):
         parameters=[USER_ID, IF_MATCH, ETAG, POSITION],
         responses={
             204: OpenApiResponse(description="Deleted; ETag and Position headers tell where."),
-            **PROBLEM_RESPONSES,
+            **problem_responses(400, 401, 403, 404, 409, 412, 429, 503),
         },
     )
     def delete(self, request: Request, user_id: str) -> Response:
         uid = _user_id(user_id)
-        command = DeleteUser(user_id=uid, expected_version=parse_if_match(request))
+        command = DeleteUser(user_id=uid, expected_version=_expected_version(request))
         with command_context(request):
-            result = _handle_conditional(command)
+            result = handlers.handle(command)
         return Response(
             status=status.HTTP_204_NO_CONTENT,
             headers={"ETag": f'"{result.version}"', "Position": str(result.position)},
@@ -293,7 +274,10 @@ class UserEventsView(APIView):
         description="The user's stream, oldest first, with metadata (who, correlation, "
         "causation). Page with `from_version`.",
         parameters=[USER_ID, StreamPageQuerySerializer, ETAG],
-        responses={200: UserEventsPageSerializer, **PROBLEM_RESPONSES},
+        responses={
+            200: ok(UserEventsPageSerializer, "A page of the user's events.", USER_EVENTS_PAGE),
+            **problem_responses(400, 401, 404, 429, 503),
+        },
     )
     def get(self, request: Request, user_id: str) -> Response:
         uid = _user_id(user_id)

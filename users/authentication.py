@@ -22,7 +22,7 @@ import hashlib
 import secrets
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -32,9 +32,10 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from rest_framework import authentication, exceptions
+from rest_framework import authentication, exceptions, permissions
 
 from config.bounded import make_room
+from config.throttling import AnonRateThrottle
 from users.models import ApiToken
 
 TOKEN_BYTES = 32
@@ -53,11 +54,22 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def issue_token(user: AbstractBaseUser, name: str = "") -> tuple[ApiToken, str]:
+def issue_token(
+    user: AbstractBaseUser,
+    name: str = "",
+    *,
+    expires_at: datetime | None = None,
+    read_only: bool = False,
+) -> tuple[ApiToken, str]:
     """Create a token for ``user``; the plain token is returned once and never stored."""
     token = secrets.token_urlsafe(TOKEN_BYTES)
     record = ApiToken.objects.create(
-        user=user, name=name, key_hash=hash_token(token), prefix=token[:8]
+        user=user,
+        name=name,
+        key_hash=hash_token(token),
+        prefix=token[:8],
+        expires_at=expires_at,
+        scope=ApiToken.Scope.READ if read_only else ApiToken.Scope.READ_WRITE,
     )
     return record, token
 
@@ -101,17 +113,26 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         if cached is not None and cached[0] > time.monotonic():
             expires, record = cached
         else:
+            # A token not checked lately costs a query: an address that has sent its
+            # anonymous rate of failures is refused before it can cost another.
+            limit = AnonRateThrottle()
+            if limit.exhausted(request):
+                raise exceptions.Throttled(limit.wait())
             record = ApiToken.objects.select_related("user").filter(key_hash=key_hash).first()
-            if record is None or not record.user.is_active:
-                raise exceptions.AuthenticationFailed("Invalid or revoked token.")
+            if record is None or not record.user.is_active or _expired(record):
+                limit.allow_request(request, None)  # the failure counts
+                raise exceptions.AuthenticationFailed("Invalid, revoked or expired token.")
             expires = time.monotonic() + settings.API_TOKEN_CACHE_SECONDS
             cached = None
         now = timezone.now()
+        if record.expires_at is not None and record.expires_at <= now:
+            _forget(key_hash)
+            raise exceptions.AuthenticationFailed("Invalid, revoked or expired token.")
         if record.last_used_at is None or now - record.last_used_at > _LAST_USED_RESOLUTION:
             if not ApiToken.objects.filter(pk=record.pk).update(last_used_at=now):
                 # Deleted since this process remembered it: the write noticed first.
                 _forget(key_hash)
-                raise exceptions.AuthenticationFailed("Invalid or revoked token.")
+                raise exceptions.AuthenticationFailed("Invalid, revoked or expired token.")
             if cached is not None:
                 record = copy.copy(record)  # other requests may hold the remembered one
             record.last_used_at = now
@@ -124,6 +145,22 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Any) -> str:
         return f'{self.keyword} realm="api"'
+
+
+def _expired(record: ApiToken) -> bool:
+    return record.expires_at is not None and record.expires_at <= timezone.now()
+
+
+class TokenScopeAllows(permissions.BasePermission):
+    """A read-only token may read (GET, HEAD, OPTIONS) and nothing else."""
+
+    message = "This API token is read-only: it may read (GET), not write."
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        token = request.auth
+        if isinstance(token, ApiToken) and token.read_only:
+            return request.method in permissions.SAFE_METHODS
+        return True
 
 
 @receiver(post_save, sender=ApiToken, dispatch_uid="users.api_token_changed")

@@ -43,3 +43,15 @@ class AlreadyWelcomed(UserError):
     def __init__(self, user_id: UUID) -> None:
         super().__init__(f"user {user_id} has been welcomed already")
         self.user_id = user_id
+
+
+class StaleVersion(UserError):
+    """The client's version (``If-Match``) is behind a change it has not seen."""
+
+    def __init__(self, user_id: UUID, expected: int, actual: int) -> None:
+        super().__init__(
+            f"user {user_id} changed after version {expected} (it is at version {actual})"
+        )
+        self.user_id = user_id
+        self.expected = expected
+        self.actual = actual

@@ -2,7 +2,8 @@
 
 Each handler loads the aggregate, calls one method, and appends the new events, all in
 one transaction with the email reservation. A lost race (another writer appended first)
-is retried from a fresh load unless the client pinned a version with ``If-Match``.
+is retried from a fresh load; a version the client pinned with ``If-Match`` is checked
+again on each load (:meth:`User.check_unchanged_since`).
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def _load(user_id: uuid.UUID, expected_version: int | None = None) -> User:
         user = repository.load(user_id)
     except StreamNotFound:
         raise UserNotFound(user_id) from None
-    if expected_version is not None and user.version != expected_version:
-        raise ConcurrencyError(user.stream_id, expected_version, user.version)
+    if expected_version is not None:
+        user.check_unchanged_since(expected_version)
     return user
 
 
@@ -75,13 +76,18 @@ def _save(user: User) -> CommandResult:
     return CommandResult(user, result.last_position if result else None)
 
 
-def _retrying(work: Callable[[], CommandResult], expected_version: int | None) -> CommandResult:
+def _retrying(work: Callable[[], CommandResult]) -> CommandResult:
+    """Run ``work`` again from a fresh load when another writer appended first.
+
+    A client's If-Match is checked again on each load, so a race lost to a bookkeeping
+    event goes through, and one lost to a change the client has not seen is StaleVersion.
+    """
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             with transaction.atomic():
                 return work()
         except ConcurrencyError:
-            if expected_version is not None or attempt == MAX_ATTEMPTS:
+            if attempt == MAX_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
 
@@ -110,7 +116,7 @@ def update_user(command: UpdateUser) -> CommandResult:
             _reserve_email(user.email, user.id)
         return _save(user)
 
-    return _retrying(work, command.expected_version)
+    return _retrying(work)
 
 
 def delete_user(command: DeleteUser) -> CommandResult:
@@ -120,7 +126,7 @@ def delete_user(command: DeleteUser) -> CommandResult:
         EmailReservation.objects.filter(user_id=user.id).delete()
         return _save(user)
 
-    return _retrying(work, command.expected_version)
+    return _retrying(work)
 
 
 def welcome_user(command: WelcomeUser) -> CommandResult:
@@ -129,7 +135,7 @@ def welcome_user(command: WelcomeUser) -> CommandResult:
         user.welcome(timezone.now())
         return _save(user)
 
-    return _retrying(work, None)
+    return _retrying(work)
 
 
 HANDLERS: dict[type, Callable[[Any], CommandResult]] = {

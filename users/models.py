@@ -67,21 +67,45 @@ class EmailReservation(models.Model):
 class ApiToken(models.Model):
     """A bearer token of an API client. Only its SHA-256 is stored."""
 
+    class Scope(models.TextChoices):
+        READ_WRITE = "read-write", "read and write"
+        READ = "read", "read only (GET, HEAD, OPTIONS)"
+
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="api_tokens",
+        verbose_name="owner",
+        help_text="The token acts as this user, with their permissions.",
     )
     name = models.CharField(max_length=100, blank=True)
     key_hash = models.CharField(max_length=64, unique=True)
     prefix = models.CharField(max_length=8, help_text="First characters, to tell tokens apart.")
+    scope = models.CharField(
+        max_length=10,
+        choices=Scope.choices,
+        default=Scope.READ_WRITE,
+        help_text="What the token may do; a read-only token is refused every write (403).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(
+        null=True, blank=True, help_text="Updated at most once a minute."
+    )
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="The token stops working then; empty: never."
+    )
 
     class Meta:
         db_table = "users_api_token"
         verbose_name = "API token"
+        ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
+
+    @property
+    def read_only(self) -> bool:
+        return self.scope == self.Scope.READ
 
 
 class IdempotentRequest(models.Model):

@@ -9,6 +9,7 @@ from typing import Any
 from django.db import connections
 from django.db.models import Q, QuerySet
 
+from users import rules
 from users.errors import UserNotFound
 from users.models import UserRecord
 
@@ -25,7 +26,7 @@ def user_list(
     """Users, filtered; ``search`` matches first or last name, case-insensitively."""
     users = UserRecord.objects.all()
     if email:
-        users = users.filter(email=email.strip().lower())
+        users = users.filter(email=rules.canonical_email(email) or email.strip().lower())
     if status:
         users = users.filter(status=status)
     if search:

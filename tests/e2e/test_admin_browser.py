@@ -19,6 +19,7 @@ from django.core.cache import cache
 from django.db import connections
 
 from eventstore.admin_views import DASHBOARD_CACHE_KEY
+from eventstore.models import Event
 from tests.conftest import settle
 from tests.e2e.helpers import new_user
 from tests.processes import wait_for
@@ -160,3 +161,124 @@ def test_staff_follow_users_from_the_api_to_their_events(
     expect(page.locator("#es-chart rect.bar").first).to_be_visible()
     expect(page.locator("#es-by-type")).to_contain_text("UserWelcomed")
     screenshot(page, "dashboard", shots)
+
+
+# Whether anything on the page is wider than the window or its content column: the page
+# scrolls sideways, or a table is wider than the box that holds it (cut off).
+OVERFLOW_JS = """() => {
+  const problems = [];
+  if (document.documentElement.scrollWidth > window.innerWidth)
+    problems.push("page " + document.documentElement.scrollWidth + " > " + window.innerWidth);
+  const content = document.querySelector("#content").getBoundingClientRect();
+  for (const table of document.querySelectorAll("#content table")) {
+    const box = table.getBoundingClientRect();
+    if (box.right > content.right + 1 || box.right > window.innerWidth)
+      problems.push((table.id || table.className) + " right edge " + box.right);
+    const holder = table.parentElement;
+    if (holder.scrollWidth > holder.clientWidth + 1)
+      problems.push((table.id || table.className) + " cut off in its box");
+  }
+  return problems;
+}"""
+TIMESTAMP = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC$"
+PRECISE_TIMESTAMP = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6} UTC$"
+
+
+def test_the_staff_console_fits_a_1366_pixel_screen(page, tmp_path, live_server, api) -> None:
+    """A common laptop width: every list and page fits, one timestamp format with its time
+    zone, the sidebar names subscribers as the page does, and read-only pages offer no
+    history."""
+    import re
+    import uuid
+
+    from tests.e2e.helpers import project
+    from users import handlers
+    from users.commands import WelcomeUser
+    from users.models import ApiToken
+
+    get_user_model().objects.create_superuser("admin", "admin@example.com", "admin-pass-123")
+    users = [
+        new_user(api, email=f"grace.brewster.hopper{i}@example.org", first_name="Grace",
+                 last_name="Brewster Murray Hopper")
+        for i in range(3)
+    ]  # fmt: skip
+    handlers.handle(WelcomeUser(user_id=uuid.UUID(users[0]["id"])))
+    project()
+    event = Event.objects.order_by("position").first()
+    stream = f"user-{users[0]['id']}"
+    page.set_viewport_size({"width": 1366, "height": 768})
+    base = live_server.url
+    page.goto(f"{base}/admin/login/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "admin-pass-123")
+    page.click("input[type=submit]")
+    expect(page.locator("#content h1")).to_have_text("Site administration")
+
+    pages = {
+        "events": "/admin/eventstore/event/",
+        "streams": "/admin/eventstore/stream/",
+        "users": "/admin/users/userrecord/",
+        "tokens": "/admin/users/apitoken/",
+        "subscribers": "/admin/eventstore/checkpoint/",
+        "tail": "/admin/eventstore/event/tail/",
+        "event": f"/admin/eventstore/event/{event.position}/change/",
+        "stream": f"/admin/eventstore/stream/{stream}/change/",
+        "user": f"/admin/users/userrecord/{users[0]['id']}/change/",
+        "token": f"/admin/users/apitoken/{ApiToken.objects.get().pk}/change/",
+    }
+    for name, url in pages.items():
+        page.goto(base + url)
+        if name == "tail":
+            expect(page.locator("#tail-body tr")).to_have_count(4)
+        assert page.evaluate(OVERFLOW_JS) == [], name
+        screenshot(page, f"1366-{name}", tmp_path)  # for a look when it fails; not docs
+
+        # The sidebar calls the subscribers' page what the page calls itself.
+        sidebar = page.locator("#nav-sidebar")
+        expect(sidebar.get_by_role("link", name="Subscribers", exact=True)).to_have_count(1)
+        expect(sidebar).not_to_contain_text("Checkpoints")
+
+        # Read-only pages: nothing is ever edited there, so no "History".
+        if name in ("event", "stream", "user"):
+            expect(page.locator("a.historylink")).to_have_count(0)
+
+        shown = []
+        if name == "events":
+            shown = page.locator("#result_list td.field-recorded").all_inner_texts()
+            for column in ("recorded", "actor", "correlation"):
+                cell = page.locator(f"#result_list td.field-{column}").first.bounding_box()
+                assert cell["x"] + cell["width"] <= 1366, column
+        elif name in ("users", "streams"):
+            shown = page.locator("#result_list td[class*='_at']").all_inner_texts()
+        elif name == "tokens":
+            shown = page.locator("#result_list td.field-created_at").all_inner_texts()
+        elif name == "tail":
+            shown = page.locator("#tail-body tr td:nth-child(2)").all_inner_texts()
+        elif name == "subscribers":
+            shown = [
+                t for t in page.locator("table td").all_inner_texts() if re.match(r"^\d{4}-", t)
+            ]
+        elif name == "stream":
+            for text in page.locator("ol.timeline time").all_inner_texts():
+                assert re.match(PRECISE_TIMESTAMP, text), text
+        elif name == "event":
+            text = page.locator(".field-recorded_precisely .readonly").inner_text()
+            assert re.match(PRECISE_TIMESTAMP, text), text
+        elif name in ("user", "token"):
+            shown = [
+                text
+                for text in page.locator("fieldset .readonly").all_inner_texts()
+                if re.match(r"^\d{4}-", text)
+            ]
+        for text in shown:
+            assert re.match(TIMESTAMP, text), (name, text)
+        if name in ("events", "users", "streams", "tokens", "tail"):
+            assert shown, name
+
+    # The users list: each row's stream id one line, not a UUID broken over five.
+    page.goto(base + pages["users"])
+    links = page.locator("#result_list td.field-stream_short a")
+    expect(links).to_have_count(3)
+    for i in range(3):
+        assert links.nth(i).evaluate("a => a.getClientRects().length") == 1
+        assert links.nth(i).get_attribute("title").startswith("user-")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from io import StringIO
@@ -56,8 +57,18 @@ def test_clients_reach_users_but_not_the_feed(method, url, api) -> None:
 
 
 @pytest.mark.parametrize(("method", "url"), ENDPOINTS)
-def test_staff_session_reaches_everything(method, url, staff) -> None:
-    assert getattr(staff, method)(url, {}, format="json").status_code not in (401, 403)
+def test_staff_with_the_event_permission_reach_everything(method, url, event_viewer) -> None:
+    assert getattr(event_viewer, method)(url, {}, format="json").status_code not in (401, 403)
+
+
+@pytest.mark.parametrize(("method", "url"), ENDPOINTS)
+def test_staff_without_the_event_permission_do_not_read_events(method, url, staff) -> None:
+    """The admin asks for eventstore.view_event before it shows an event; so does the API."""
+    response = getattr(staff, method)(url, {}, format="json")
+    if url in STAFF_ONLY:
+        assert "view_event" in assert_problem(response, 403)["detail"]
+    else:
+        assert response.status_code not in (401, 403)
 
 
 def test_inactive_users_token_stops_working(api, client_user) -> None:
@@ -128,14 +139,64 @@ class TestDocs:
         assert "412" in patch["responses"]
         assert "bearerAuth" in schema["components"]["securitySchemes"]
 
-    @pytest.mark.parametrize("url", ["/api/", "/api/redoc/"])
-    def test_docs_pages_use_local_assets(self, url, transactional_db) -> None:
+    @pytest.mark.parametrize("url", ["/api/", "/api/redoc/", "/api/?script="])
+    def test_docs_pages_load_nothing_from_the_internet(self, url, transactional_db) -> None:
         response = APIClient().get(url)
         assert response.status_code == 200
-        html = response.content.decode()
-        assert "/static/drf_spectacular_sidecar/" in html
-        assert "cdn." not in html
-        assert "unpkg" not in html
+        text = response.content.decode()
+        if not url.endswith("script="):
+            assert "/static/drf_spectacular_sidecar/" in text
+        assert re.findall(r"https?://[^\s\"'<>]+", text) == []  # fonts, CDNs, validators
+        assert '"validatorUrl": null' in text or "script=" not in url
+
+    def test_each_operation_lists_the_statuses_it_can_answer(self, transactional_db) -> None:
+        """Not every error status on every operation: a feed read cannot conflict (409)."""
+        schema = APIClient().get("/api/schema/?format=json").json()
+        common = {"400", "401", "429", "503"}
+        expected = {
+            ("get", "/v1/events"): {"200", "403"},
+            ("get", "/v1/streams/{stream_id}"): {"200", "403", "404"},
+            ("get", "/v1/users"): {"200"},
+            ("post", "/v1/users"): {"201", "403", "409", "413", "415", "422"},
+            ("get", "/v1/users/{user_id}"): {"200", "404"},
+            ("put", "/v1/users/{user_id}"): {"200", "403", "404", "409", "412", "413", "415"},
+            ("patch", "/v1/users/{user_id}"): {"200", "403", "404", "409", "412", "413", "415"},
+            ("delete", "/v1/users/{user_id}"): {"204", "403", "404", "409", "412"},
+            ("get", "/v1/users/{user_id}/events"): {"200", "404"},
+        }
+        listed = {
+            (method, path): set(operation["responses"])
+            for path, operations in schema["paths"].items()
+            for method, operation in operations.items()
+        }
+        assert listed == {operation: common | codes for operation, codes in expected.items()}
+
+    def test_every_body_and_response_has_a_real_example(self, transactional_db) -> None:
+        schema = APIClient().get("/api/schema/?format=json").json()
+        for path, operations in schema["paths"].items():
+            for method, operation in operations.items():
+                contents = [("request", operation.get("requestBody", {}).get("content", {}))]
+                contents += [
+                    (code, r.get("content", {})) for code, r in operation["responses"].items()
+                ]
+                for where, content in contents:
+                    for media_type, body in content.items():
+                        examples = body.get("examples", {})
+                        assert examples, (method, path, where, media_type)
+                        values = json.dumps([e["value"] for e in examples.values()])
+                        assert '"string"' not in values, (method, path, where)
+        problem = schema["paths"]["/v1/users/{user_id}"]["patch"]["responses"]["412"]
+        (example,) = problem["content"]["application/problem+json"]["examples"].values()
+        assert example["value"]["status"] == 412
+        assert "current_version" in example["value"]
+
+    def test_the_bearer_scheme_is_declared_once(self, transactional_db) -> None:
+        schema = APIClient().get("/api/schema/?format=json").json()
+        assert set(schema["components"]["securitySchemes"]) == {"bearerAuth", "cookieAuth"}
+        assert "security" not in schema  # each operation says it; no global duplicate
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                assert operation["security"] == [{"bearerAuth": []}, {"cookieAuth": []}]
 
 
 def test_probes(transactional_db) -> None:

@@ -22,6 +22,7 @@ from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
 
 from config.wsgi import application
 from eventstore.models import Event
+from tests.conftest import grant
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -126,6 +127,8 @@ def fuzzing_setup(transactional_db, settings, monkeypatch) -> None:
         ("fuzz-staff", STAFF_TOKEN, True),
     ]:
         user = users.create_user(username=username, password="fuzz-pass-123", is_staff=is_staff)
+        if is_staff:
+            user = grant(user, "eventstore.view_event")
         ApiToken.objects.create(
             user=user, name="fuzz", key_hash=hash_token(token), prefix=token[:8]
         )

@@ -29,6 +29,7 @@ from rest_framework.throttling import UserRateThrottle
 from config import throttling
 from config.throttling import LEASE_MAX, lease_size, redis_client
 from eventstore.models import Stream
+from tests.conftest import grant
 from tests.e2e.helpers import assert_problem, new_user, project
 from tests.processes import ROOT, child_env, wait_for
 from users import authentication
@@ -208,9 +209,11 @@ class TestTokenRevocation:
     def test_staff_rights_come_from_the_cached_user(self, transactional_db) -> None:
         users = get_user_model().objects
         _, plain = token_client(users.create_user(username="p", password="p-pass-1234"))
-        _, staff = token_client(
-            users.create_user(username="s", password="s-pass-1234", is_staff=True)
+        viewer = grant(
+            users.create_user(username="s", password="s-pass-1234", is_staff=True),
+            "eventstore.view_event",
         )
+        _, staff = token_client(viewer)
         for _ in range(2):  # the second time from the cache
             assert plain.get("/v1/events").status_code == 403
             assert staff.get("/v1/events").status_code == 200

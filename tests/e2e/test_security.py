@@ -22,6 +22,7 @@ from rest_framework.test import APIClient
 from rest_framework.throttling import AnonRateThrottle
 
 from eventstore.models import Event, Stream
+from tests.conftest import grant
 from tests.e2e.helpers import assert_problem, new_user, project
 from users.authentication import issue_token
 from users.models import ApiToken, UserRecord
@@ -61,14 +62,19 @@ def roles(transactional_db) -> dict[str, APIClient]:
     plain = users.create_user(username="plain", password="plain-pass-123")
     staff = users.create_user(username="staffer", password="staff-pass-123", is_staff=True)
     root = users.create_superuser(username="root", password="root-pass-123", email="r@x.org")
+    viewer = grant(
+        users.create_user(username="viewer", password="viewer-pass-123", is_staff=True),
+        "eventstore.view_event",
+    )
     staff_session, root_session = APIClient(), APIClient()
     staff_session.force_login(staff)
     root_session.force_login(root)
     return {
         "anonymous": APIClient(),
         "client": token_client(plain),
-        "staff": token_client(staff),
+        "staff": token_client(staff),  # staff without model permissions
         "staff-session": staff_session,
+        "event-viewer": token_client(viewer),  # staff with eventstore.view_event
         "superuser": token_client(root),
         "superuser-session": root_session,
     }
@@ -110,7 +116,16 @@ class TestPermissionMatrix:
         assert len(operations) == 9  # a new endpoint must be thought about here
 
     @pytest.mark.parametrize(
-        "role", ["anonymous", "client", "staff", "staff-session", "superuser", "superuser-session"]
+        "role",
+        [
+            "anonymous",
+            "client",
+            "staff",
+            "staff-session",
+            "event-viewer",
+            "superuser",
+            "superuser-session",
+        ],
     )
     def test_every_operation_for_every_role(self, roles, existing, role) -> None:
         client = roles[role]
@@ -122,7 +137,8 @@ class TestPermissionMatrix:
             if role == "anonymous":
                 assert response.status_code == 401, where
                 assert response["WWW-Authenticate"].startswith("Bearer"), where
-            elif role == "client" and STAFF_ONLY.match(path):
+            elif role in ("client", "staff", "staff-session") and STAFF_ONLY.match(path):
+                # Staff status alone is not enough: the admin's view_event permission is.
                 assert response.status_code == 403, where
             else:
                 assert response.status_code in (200, 201, 204), where
@@ -208,6 +224,39 @@ class TestLimits:
         for body in ("[" * 30_000 + "]" * 30_000, '{"a":' * 10_000 + "1" + "}" * 10_000):
             response = api.generic("POST", "/v1/users", body, content_type="application/json")
             assert "nested too deeply" in assert_problem(response, 400)["detail"]
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            '{"\\ud800": 1}',
+            '{"email": "a@example.com", "first_name": "A", "last_name": "B", "\\udfff": 1}',
+            '{"email": "\\ud800@example.com", "first_name": "A", "last_name": "B"}',
+            '{"email": "a@example.com", "first_name": {"x": ["\\udc00"]}, "last_name": "B"}',
+            '{"email": "a@example.com", "first_name": [{"\\ud83d": 1}], "last_name": "B"}',
+            '["\\ud800"]',
+            '"\\udbff"',
+        ],
+    )
+    def test_a_lone_surrogate_anywhere_in_a_body_is_a_400(self, api, caplog, body) -> None:
+        """Valid JSON, but no Unicode: it failed to render the error naming the key (500)."""
+        user_id = new_user(api)["id"]
+        caplog.set_level(logging.WARNING)
+        before = events_fingerprint()
+        for method, url in [
+            ("POST", "/v1/users"),
+            ("PUT", f"/v1/users/{user_id}"),
+            ("PATCH", f"/v1/users/{user_id}"),
+        ]:
+            response = api.generic(method, url, body, content_type="application/json")
+            assert "lone surrogate" in assert_problem(response, 400)["detail"], (method, body)
+        assert events_fingerprint() == before
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        # A proper pair is one character, and welcome in a name.
+        pair = '{"first_name": "Ada \\ud83d\\ude00"}'
+        response = api.generic(
+            "PATCH", f"/v1/users/{user_id}", pair, content_type="application/json"
+        )
+        assert response.json()["first_name"] == "Ada \U0001f600"
 
     def test_anonymous_clients_are_throttled_with_retry_after(self, monkeypatch) -> None:
         # Only views open to anonymous clients reach the throttle; elsewhere the missing
@@ -303,8 +352,11 @@ class TestInjection:
     @pytest.fixture
     def world(self, api, settings) -> dict[str, Any]:
         settings.READ_YOUR_WRITES_TIMEOUT_SECONDS = 0.05
-        staff = get_user_model().objects.create_user(
-            username="inj-staff", password="x-pass-123", is_staff=True
+        staff = grant(
+            get_user_model().objects.create_user(
+                username="inj-staff", password="x-pass-123", is_staff=True
+            ),
+            "eventstore.view_event",
         )
         users = [new_user(api, first_name=name) for name in ("Ada", "Grace", "Alan")]
         project()

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from users.aggregate import User
-from users.errors import AlreadyWelcomed, InvalidUserData, UserIsDeleted
+from users.errors import AlreadyWelcomed, InvalidUserData, StaleVersion, UserIsDeleted
 from users.events import UserCreated, UserDeleted, UserUpdated, UserWelcomed
 
 ID = uuid.UUID("7d4c52a2-5f1e-4c55-9d3f-3d0a4b7b2a01")
@@ -119,3 +119,39 @@ def test_replaying_history_rebuilds_state() -> None:
     )
     assert (user.email, user.first_name, user.last_name) == ("ada@example.com", "Ada", "King")
     assert (user.status, user.welcomed_at, user.version) == ("active", NOW, 2)
+
+
+class TestIfMatchRule:
+    """A write based on a version conflicts only with changes after it, not bookkeeping."""
+
+    WELCOMED = UserWelcomed(user_id=ID, welcomed_at=NOW)
+
+    def test_a_welcome_after_the_clients_version_is_no_conflict(self) -> None:
+        user = given(CREATED, self.WELCOMED)
+        user.check_unchanged_since(0)
+        user.check_unchanged_since(1)
+
+    def test_a_change_after_the_clients_version_is_a_conflict(self) -> None:
+        user = given(CREATED, self.WELCOMED, UserUpdated(user_id=ID, last_name="King"))
+        with pytest.raises(StaleVersion) as caught:
+            user.check_unchanged_since(1)
+        assert (caught.value.expected, caught.value.actual) == (1, 2)
+        user.check_unchanged_since(2)
+
+    def test_a_welcome_after_a_change_leaves_the_change_deciding(self) -> None:
+        user = given(CREATED, UserUpdated(user_id=ID, last_name="King"), self.WELCOMED)
+        with pytest.raises(StaleVersion):
+            user.check_unchanged_since(0)
+        user.check_unchanged_since(1)
+
+    def test_a_version_the_stream_never_had_is_a_conflict(self) -> None:
+        with pytest.raises(StaleVersion):
+            given(CREATED).check_unchanged_since(1)
+
+    def test_recorded_events_count_like_loaded_ones(self) -> None:
+        user = given(CREATED)
+        user.welcome(NOW)
+        user.check_unchanged_since(0)
+        user.update(last_name="King")
+        with pytest.raises(StaleVersion):
+            user.check_unchanged_since(1)

@@ -17,7 +17,7 @@ import eventstore.models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("eventstore", "0004_stream_last_transaction"),
+        ("eventstore", "0005_help_texts_and_subscriber_names"),
     ]
 
     operations = [
@@ -102,7 +102,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AlterModelOptions(
             name="checkpoint",
-            options={"ordering": ["name", "partition"], "verbose_name": "subscriber"},
+            options={
+                "ordering": ["name", "partition"],
+                "verbose_name": "subscriber",
+                "verbose_name_plural": "subscribers",
+            },
         ),
         migrations.CreateModel(
             name="ParkedStream",
