@@ -296,6 +296,9 @@ API_TOKEN_CACHE_SECONDS = env.float("API_TOKEN_CACHE_SECONDS", default=5.0)
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 # GET ?wait_for=<position> waits at most this long for the read model to catch up.
 READ_YOUR_WRITES_TIMEOUT_SECONDS = env.float("READ_YOUR_WRITES_TIMEOUT_SECONDS", default=2.0)
+# How many requests of one web process may wait for the read model at once; the others
+# answer at once (Read-Model-Caught-Up says where it is), keeping threads free.
+READ_YOUR_WRITES_MAX_WAITERS = env.int("READ_YOUR_WRITES_MAX_WAITERS", default=2)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Event-sourced user service",

@@ -5,7 +5,7 @@
 # queue on a thread pool) and Celery beat. Safe to run again: what already runs is left
 # alone. Stop everything with scripts/down.sh.
 #
-# Settings: HOST (127.0.0.1), PORT (8000), WEB_CONCURRENCY (2), MAIL_QUEUE (mail),
+# Settings: HOST (127.0.0.1), PORT (8000), WEB_CONCURRENCY (2), WEB_THREADS (4), MAIL_QUEUE (mail),
 # MAIL_WORKER_CONCURRENCY (20),
 # DJANGO_SUPERUSER_USERNAME / _EMAIL / _PASSWORD (admin / admin@example.com / admin);
 # see .env.example.
@@ -18,12 +18,13 @@ cd "$ROOT"
 HEALTH_TIMEOUT=60
 
 sync_venv
-load_config DATABASE_URL REDIS_URL HOST PORT WEB_CONCURRENCY MAIL_QUEUE MAIL_WORKER_CONCURRENCY \
+load_config DATABASE_URL REDIS_URL HOST PORT WEB_CONCURRENCY WEB_THREADS MAIL_QUEUE MAIL_WORKER_CONCURRENCY \
     DJANGO_SUPERUSER_USERNAME DJANGO_SUPERUSER_EMAIL DJANGO_SUPERUSER_PASSWORD
 
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
 WEB_CONCURRENCY=${WEB_CONCURRENCY:-2}
+WEB_THREADS=${WEB_THREADS:-4}
 MAIL_QUEUE=${MAIL_QUEUE:-mail}
 MAIL_WORKER_CONCURRENCY=${MAIL_WORKER_CONCURRENCY:-20}
 export DJANGO_SUPERUSER_USERNAME=${DJANGO_SUPERUSER_USERNAME:-admin}
@@ -31,6 +32,7 @@ export DJANGO_SUPERUSER_EMAIL=${DJANGO_SUPERUSER_EMAIL:-admin@example.com}
 export DJANGO_SUPERUSER_PASSWORD=${DJANGO_SUPERUSER_PASSWORD:-admin}
 [[ $PORT =~ ^[0-9]+$ ]] || die "PORT must be a number, got '$PORT'"
 [[ $WEB_CONCURRENCY =~ ^[1-9][0-9]*$ ]] || die "WEB_CONCURRENCY must be a positive number, got '$WEB_CONCURRENCY'"
+[[ $WEB_THREADS =~ ^[1-9][0-9]*$ ]] || die "WEB_THREADS must be a positive number, got '$WEB_THREADS'"
 [[ $MAIL_WORKER_CONCURRENCY =~ ^[1-9][0-9]*$ ]] ||
     die "MAIL_WORKER_CONCURRENCY must be a positive number, got '$MAIL_WORKER_CONCURRENCY'"
 
@@ -173,16 +175,18 @@ else
     if ((${#RUN_DIR} + 13 > SOCKET_PATH_MAX)); then
         control_socket=(--no-control-socket)
     fi
-    info "Starting gunicorn on $BIND ($WEB_CONCURRENCY sync workers)"
-    # Sync workers: measured on the 2-core target, uvicorn workers were 4-6x slower for
-    # these sync views, and more workers than cores only added tail latency. The longest
-    # request line is raised from 4094 to 8190 bytes: valid queries with long multi-byte
-    # search terms reach ~6.5 KB and would get gunicorn's HTML 414 instead of our JSON.
+    info "Starting gunicorn on $BIND ($WEB_CONCURRENCY workers of $WEB_THREADS threads)"
+    # Threaded workers, one process per core: a request that waits (for the read model,
+    # a slow client) holds one thread, not a whole process (docs/benchmarks.md compares
+    # them with sync workers). The longest request line is raised from 4094 to 8190
+    # bytes: valid queries with long multi-byte search terms reach ~6.5 KB and would get
+    # gunicorn's HTML 414 instead of our JSON.
     "$VENV/bin/gunicorn" config.wsgi:application \
         --chdir "$ROOT" \
         --bind "$BIND" \
-        --worker-class sync \
+        --worker-class gthread \
         --workers "$WEB_CONCURRENCY" \
+        --threads "$WEB_THREADS" \
         --limit-request-line 8190 \
         --daemon \
         --pid "$GUNICORN_PIDFILE" \

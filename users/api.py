@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
@@ -93,16 +94,26 @@ def _write_response(result: CommandResult, status_code: int = 200, **headers: st
     return Response(body, status=status_code, headers={"ETag": f'"{user.version}"', **headers})
 
 
+# Requests of this process that may wait for the read model at once; any more are answered
+# at once, so that waiting clients cannot take every thread of a web process.
+_waiters = threading.BoundedSemaphore(settings.READ_YOUR_WRITES_MAX_WAITERS)
+
+
 def _wait_for_read_model(request: Request, position: int | None) -> dict[str, str]:
     """Read-your-writes: wait (bounded) for the users projection to reach ``position``."""
     if position is None:
         return {}
+    projection = subscribers.get(UserListProjection.name)
     try:
-        caught_up = progress.wait_until_processed(
-            subscribers.get(UserListProjection.name),
-            position,
-            timeout=settings.READ_YOUR_WRITES_TIMEOUT_SECONDS,
-        )
+        if _waiters.acquire(blocking=False):
+            try:
+                caught_up = progress.wait_until_processed(
+                    projection, position, timeout=settings.READ_YOUR_WRITES_TIMEOUT_SECONDS
+                )
+            finally:
+                _waiters.release()
+        else:  # every waiting place is taken: say where the read model is now
+            caught_up = progress.state_of(projection, position) == progress.PROCESSED
     except LookupError:
         raise ValidationError(
             {"wait_for": [f"No event has position {position}: pass the position a write returned."]}

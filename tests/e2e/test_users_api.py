@@ -547,3 +547,35 @@ def test_old_idempotency_keys_are_purged(api) -> None:
     )
     assert purge_idempotency_keys() == 1
     assert list(IdempotentRequest.objects.values_list("key", flat=True)) == ["new"]
+
+
+def test_waits_beyond_the_process_s_places_answer_at_once(api, monkeypatch, threads) -> None:
+    """One client sending many waits cannot hold every thread: past the places, a wait is
+    answered at once with where the read model is."""
+    import threading
+
+    from users import api as users_api
+
+    monkeypatch.setattr(users_api, "_waiters", threading.BoundedSemaphore(2))
+    user = new_user(api)
+    project()
+    changed = api.patch(f"/v1/users/{user['id']}", {"first_name": "Later"}, format="json").json()
+    # No worker runs: the read model never gets to the change.
+    url = f"/v1/users/{user['id']}?wait_for={changed['position']}"
+
+    def request(i: int) -> tuple[str, float]:
+        import time
+
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {api.token}")
+        started = time.monotonic()
+        response = client.get(url)
+        assert response.status_code == 200, response.content
+        return response["Read-Model-Caught-Up"], time.monotonic() - started
+
+    results = threads(8, request)
+    quick = [took for answer, took in results if took < 1.0]
+    waited = [took for answer, took in results if took >= 1.0]
+    assert len(waited) <= 2  # the two places; the user is not projected, so they time out
+    assert len(quick) >= 6
+    assert {answer for answer, _ in results} == {"false"}
