@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 RECHECK_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
-@shared_task(name="eventstore.tasks.run_subscriber", acks_late=True, ignore_result=True)
+@shared_task(name=wakeups.RUN_SUBSCRIBER_TASK, acks_late=True, ignore_result=True)
 def run_subscriber(name: str, recheck: int = 0, partition: int | None = None) -> str:
     """Catch one partition up (every partition, without one); duplicates are harmless
     (lock + checkpoint)."""

@@ -18,6 +18,7 @@ import contextlib
 import logging
 from typing import Any
 
+from celery import current_app
 from django.core.cache import cache
 
 from config.throttling import redis_client
@@ -25,6 +26,14 @@ from config.throttling import redis_client
 logger = logging.getLogger(__name__)
 
 KEY_TTL_SECONDS = 30
+
+
+RUN_SUBSCRIBER_TASK = "eventstore.tasks.run_subscriber"
+
+
+def _run_subscriber() -> Any:
+    """The catch-up task by its name: eventstore.tasks defines it and imports this module."""
+    return current_app.signature(RUN_SUBSCRIBER_TASK)
 
 
 def wake_key(name: str, partition: int = 0) -> str:
@@ -138,8 +147,6 @@ def wake(targets: list[tuple[str, int]]) -> None:
 
     One round trip to Redis for all of them; then a task for each whose mark was free.
     """
-    from eventstore.tasks import run_subscriber
-
     keys = [wake_key(name, partition) for name, partition in targets]
     whats = [f"a wake-up for {name}[{partition}]" for name, partition in targets]
     try:
@@ -149,7 +156,7 @@ def wake(targets: list[tuple[str, int]]) -> None:
         return
     for (name, partition), key, what, queue in zip(targets, keys, whats, free, strict=True):
         if queue:
-            _queue(key, run_subscriber, (name,), {"partition": partition}, 0.0, what)
+            _queue(key, _run_subscriber(), (name,), {"partition": partition}, 0.0, what)
 
 
 def recheck(name: str, partition: int, attempt: int, countdown: float) -> bool:
@@ -157,11 +164,9 @@ def recheck(name: str, partition: int, attempt: int, countdown: float) -> bool:
 
     Kept apart from :func:`wake`: a pending re-check must not delay a fresh wake-up.
     """
-    from eventstore.tasks import run_subscriber
-
     return send_once(
         recheck_key(name, partition),
-        run_subscriber,
+        _run_subscriber(),
         (name, attempt),
         countdown,
         kwargs={"partition": partition},
