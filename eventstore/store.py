@@ -11,6 +11,9 @@ The global and category feeds are gap-safe: each event stores the id of the tran
 that wrote it, and readers only read below the oldest transaction still running
 (``pg_snapshot_xmin``), ordered by (transaction id, position). An event whose
 transaction commits late therefore cannot be skipped, and no writer waits for another.
+
+Personal fields are sealed on append and opened on read (:mod:`eventstore.personal`),
+with the keys of a whole append, stream or page fetched in one query.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import msgspec
 import psycopg
 from django.db import IntegrityError, connections, transaction
 
-from eventstore import signals
+from eventstore import personal, signals
 from eventstore.context import current_context
 from eventstore.cursor import Cursor
 from eventstore.errors import (
@@ -254,8 +257,13 @@ def append(
         "data": [],
         "metadata": [],
     }
+    keys = personal.keyring(using)
+    subjects = {registry.for_event(e.payload).subject_of(e.payload) for e in new_events}
+    subjects.discard(None)
+    if subjects:  # one round trip for the keys of the whole append
+        keys.ensure(subjects)  # type: ignore[arg-type]
     for new_event in new_events:
-        event_type, data = registry.encode(new_event.payload)
+        event_type, data = registry.encode(new_event.payload, keys)
         params["event_ids"].append(new_event.event_id)
         params["event_types"].append(event_type.name)
         params["schema_versions"].append(event_type.version)
@@ -391,10 +399,19 @@ def _events_cursor(using: str) -> Iterator[Any]:
         yield cursor
 
 
-def _decode(row: Sequence[Any], lenient: bool = False) -> RecordedEvent:
+def _keys_for(datas: Iterable[str], using: str) -> personal.KeyRing:
+    """A key ring holding the keys these stored payloads need, fetched in one query."""
+    keys = personal.keyring(using)
+    keys.prefetch(personal.sealed_subjects(datas))
+    return keys
+
+
+def _decode(
+    row: Sequence[Any], lenient: bool = False, keys: personal.KeyRing | None = None
+) -> RecordedEvent:
     position, xid, stream_id, version, event_id, event_type, schema_version, data, meta, at = row
     try:
-        payload = registry.decode(event_type, schema_version, data)
+        payload = registry.decode(event_type, schema_version, data, keys)
     except (UnknownEventType, EventDecodingError) as exc:
         if not lenient:
             raise
@@ -414,6 +431,22 @@ def _decode(row: Sequence[Any], lenient: bool = False) -> RecordedEvent:
         _metadata_decoder.decode(meta),
         at,
     )
+
+
+def shown_payload(
+    event_type: str, schema_version: int, data: Any, *, using: str = "default"
+) -> Any:
+    """An event's payload as JSON-able values, personal fields opened, for staff pages.
+
+    ``data`` as the ORM reads it (a dict). Read leniently: a payload this release
+    cannot read is shown as stored.
+    """
+    text = data if isinstance(data, str) else _metadata_encoder.encode(data).decode()
+    keys = _keys_for([text], using)
+    try:
+        return msgspec.to_builtins(registry.decode(event_type, schema_version, text, keys))
+    except (UnknownEventType, EventDecodingError):
+        return data
 
 
 def stream_version(stream_id: str, *, using: str = "default") -> int | None:
@@ -452,7 +485,9 @@ def read_stream(
         params.append(limit)
     with _events_cursor(using) as cursor:
         cursor.execute(sql, params)
-        return [_decode(row, lenient) for row in cursor.fetchall()]
+        rows = cursor.fetchall()
+    keys = _keys_for((row[7] for row in rows), using)
+    return [_decode(row, lenient, keys) for row in rows]
 
 
 def load_stream_payloads(stream_id: str, *, using: str = "default") -> list[tuple[int, Any]]:
@@ -466,8 +501,9 @@ def load_stream_payloads(stream_id: str, *, using: str = "default") -> list[tupl
         rows = cursor.fetchall()
     if not rows:
         raise StreamNotFound(stream_id)
+    keys = _keys_for((row[3] for row in rows), using)
     decode = registry.decode
-    return [(version, decode(kind, schema, data)) for version, kind, schema, data in rows]
+    return [(version, decode(kind, schema, data, keys)) for version, kind, schema, data in rows]
 
 
 # One statement, so the horizon and the rows come from the same snapshot: reading the
@@ -524,7 +560,8 @@ def read_all(
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     horizon = Cursor(int(rows[0][0]), 0)
-    events = [_decode(row[1:], lenient) for row in rows if row[1] is not None]
+    keys = _keys_for((row[8] for row in rows if row[1] is not None), using)
+    events = [_decode(row[1:], lenient, keys) for row in rows if row[1] is not None]
     if len(events) == limit:
         next_cursor = events[-1].cursor
     else:

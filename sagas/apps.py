@@ -8,6 +8,7 @@ class SagasConfig(AppConfig):
 
     def ready(self) -> None:
         from eventstore import subscriptions
+        from sagas import personal  # noqa: F401  (connects the erasure and export receivers)
         from sagas.welcome import WelcomeSaga
 
         subscriptions.register(WelcomeSaga())
