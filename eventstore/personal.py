@@ -36,6 +36,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import psycopg
 from cryptography.exceptions import InvalidTag
@@ -148,22 +149,34 @@ def _unwrap(subject: str, wrapped: bytes, master_id: str, masters: MasterKeys) -
 
 # --- person keys -----------------------------------------------------------------------
 
-_SELECT_SQL = f"SELECT subject, wrapped_key, master_key_id FROM {TABLE} WHERE subject = ANY(%s)"
+# Statements for one subject (a command, a stream) and for many (a feed page): arrays
+# cost psycopg more to send than the statement costs PostgreSQL to run.
+_SELECT_SQL = {
+    True: f"SELECT subject, wrapped_key, master_key_id FROM {TABLE} WHERE subject = %s",
+    False: f"SELECT subject, wrapped_key, master_key_id FROM {TABLE} WHERE subject = ANY(%s)",
+}
 
-# One round trip for an append: create the keys that are missing, return every one. The
-# SELECT reads the statement's snapshot, so it never returns the rows the INSERT adds;
-# a key another transaction committed meanwhile is missing from both (looked up again).
-_ENSURE_SQL = f"""
+# One round trip to create the keys that are missing and return every one. The SELECT
+# reads the statement's snapshot, so it never returns the rows the INSERT adds; a key
+# another transaction committed meanwhile is missing from both (looked up again).
+_ENSURE_TEMPLATE = f"""
     WITH created AS (
         INSERT INTO {TABLE} (subject, wrapped_key, master_key_id, created_at)
-        SELECT s, k, %s, now() FROM unnest(%s::text[], %s::bytea[]) AS t(s, k)
+        {{rows}}
         ON CONFLICT (subject) DO NOTHING
         RETURNING subject, wrapped_key, master_key_id
     )
     SELECT * FROM created
     UNION ALL
-    SELECT subject, wrapped_key, master_key_id FROM {TABLE} WHERE subject = ANY(%s::text[])
+    SELECT subject, wrapped_key, master_key_id FROM {TABLE} WHERE subject {{match}}
 """
+_ENSURE_SQL = {
+    True: _ENSURE_TEMPLATE.format(rows="VALUES (%s, %s, %s, now())", match="= %s"),
+    False: _ENSURE_TEMPLATE.format(
+        rows="SELECT s, k, %s, now() FROM unnest(%s::text[], %s::bytea[]) AS t(s, k)",
+        match="= ANY(%s::text[])",
+    ),
+}
 
 _ERASE_SQL = f"""
     INSERT INTO {TABLE} (subject, wrapped_key, master_key_id, created_at, erased_at)
@@ -185,6 +198,12 @@ def _cursor(alias: str) -> Iterator[psycopg.Cursor]:
         yield cursor
 
 
+def _select(cursor: psycopg.Cursor, subjects: list[str]) -> list[Any]:
+    one = len(subjects) == 1
+    cursor.execute(_SELECT_SQL[one], subjects if one else [subjects], prepare=True)
+    return cursor.fetchall()
+
+
 class KeyRing:
     """The keys of the subjects one unit of work touches, each fetched and unwrapped once.
 
@@ -202,8 +221,7 @@ class KeyRing:
         if not missing:
             return
         with _cursor(self.alias) as cursor:
-            cursor.execute(_SELECT_SQL, [list(missing)], prepare=True)
-            rows = cursor.fetchall()
+            rows = _select(cursor, list(missing))
         self._add(rows)
         for subject in missing:
             self._ciphers.setdefault(subject, None)
@@ -215,13 +233,16 @@ class KeyRing:
             return
         masters = master_keys()
         wrapped = [_wrap(subject, AESGCM.generate_key(256), masters) for subject in missing]
+        if len(missing) == 1:
+            params = [missing[0], wrapped[0], masters.current, missing[0]]
+        else:
+            params = [masters.current, missing, wrapped, missing]
         with _cursor(self.alias) as cursor:
-            cursor.execute(_ENSURE_SQL, [masters.current, missing, wrapped, missing], prepare=True)
+            cursor.execute(_ENSURE_SQL[len(missing) == 1], params, prepare=True)
             rows = cursor.fetchall()
             found = {row[0] for row in rows}
             if len(found) < len(missing):  # created by a transaction that committed meanwhile
-                cursor.execute(_SELECT_SQL, [[s for s in missing if s not in found]])
-                rows += cursor.fetchall()
+                rows += _select(cursor, [s for s in missing if s not in found])
         self._add(rows)
         for subject in missing:
             if self._ciphers.get(subject) is None:

@@ -260,8 +260,10 @@ def append(
     keys = personal.keyring(using)
     subjects = {registry.for_event(e.payload).subject_of(e.payload) for e in new_events}
     subjects.discard(None)
-    if subjects:  # one round trip for the keys of the whole append
-        keys.ensure(subjects)  # type: ignore[arg-type]
+    if subjects:  # one round trip for the keys of the whole append, if any
+        if expected is not NO_STREAM:
+            keys.prefetch(subjects)  # type: ignore[arg-type]  (an existing stream: most likely)
+        keys.ensure(subjects)  # type: ignore[arg-type]  (creates the missing ones)
     for new_event in new_events:
         event_type, data = registry.encode(new_event.payload, keys)
         params["event_ids"].append(new_event.event_id)

@@ -63,6 +63,7 @@ class EventType:
     personal: tuple[str, ...] = ()
     subject: str | None = None
     erased: dict[str, Any] = dataclasses.field(default_factory=dict)
+    fields: tuple[str, ...] = ()
 
     def subject_of(self, event: object) -> str | None:
         """The data subject whose key seals this event, or None if it holds no personal value."""
@@ -101,7 +102,15 @@ class EventRegistry:
         personal = tuple(personal)
         erased = _erased_values(cls, personal, subject)
         entry = EventType(
-            name, cls, version, msgspec.json.Decoder(cls), upcasters, personal, subject, erased
+            name,
+            cls,
+            version,
+            msgspec.json.Decoder(cls),
+            upcasters,
+            personal,
+            subject,
+            erased,
+            tuple(field.name for field in dataclasses.fields(cls)),
         )
         self._by_name[name] = entry
         self._by_class[cls] = entry
@@ -139,8 +148,8 @@ class EventRegistry:
         try:
             if subject is None:
                 return entry, _encoder.encode(event).decode()
-            fields = msgspec.to_builtins(event)
-            secret = {f: fields.pop(f) for f in entry.personal if fields[f] is not None}
+            secret = {f: v for f in entry.personal if (v := getattr(event, f)) is not None}
+            fields = {f: getattr(event, f) for f in entry.fields if f not in secret}
             token = keys.seal(subject, entry.name, _encoder.encode(secret))  # type: ignore[union-attr]
             return entry, _encoder.encode({SEALED: f"{subject}:{token}", **fields}).decode()
         except (TypeError, ValueError, OverflowError) as exc:
@@ -182,7 +191,10 @@ class EventRegistry:
         value = text[start:end]
         if start and end > 0 and "\\" not in value and version == entry.version:
             subject, _, token = value.rpartition(":")
-            plain = _open(keys, subject, entry.name, token)
+            try:
+                plain = keys.open(subject, entry.name, token)
+            except ValueError as exc:  # not base64, or it does not authenticate
+                raise EventDecodingError(f"sealed {entry.name} cannot be opened: {exc}") from exc
             if plain is not None:
                 # '{"email":"a@b"' + ', "user_id": "..."}': one object, decoded once.
                 return entry.decoder.decode(plain[:-1].decode() + text[end + 1 :])

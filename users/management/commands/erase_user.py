@@ -1,5 +1,6 @@
 """Forget a user's personal data: destroy their key, drop every copy, record UserErased."""
 
+import sys
 import uuid
 from typing import Any
 
@@ -38,6 +39,8 @@ class Command(BaseCommand):
         except ValueError:
             raise CommandError(f"{options['user_id']!r} is not a user id (a UUID)") from None
         if not options["noinput"]:
+            if not sys.stdin.isatty():
+                raise CommandError("no terminal to confirm on: pass --noinput to erase")
             answer = input(f"Erase the personal data of user {user_id} for good? [y/N] ")
             if answer.strip().lower() not in ("y", "yes"):
                 raise CommandError("nothing erased")
