@@ -258,12 +258,15 @@ def append(
         "metadata": [],
     }
     keys = personal.keyring(using)
-    subjects = {registry.for_event(e.payload).subject_of(e.payload) for e in new_events}
-    subjects.discard(None)
+    subjects = {
+        subject
+        for e in new_events
+        if (subject := registry.for_event(e.payload).subject_of(e.payload)) is not None
+    }
     if subjects:  # one round trip for the keys of the whole append, if any
-        if expected is not NO_STREAM:
-            keys.prefetch(subjects)  # type: ignore[arg-type]  (an existing stream: most likely)
-        keys.ensure(subjects)  # type: ignore[arg-type]  (creates the missing ones)
+        if expected is not NO_STREAM:  # an existing stream: its subjects' keys most likely too
+            keys.prefetch(subjects)
+        keys.ensure(subjects)  # creates those that are missing
     for new_event in new_events:
         event_type, data = registry.encode(new_event.payload, keys)
         params["event_ids"].append(new_event.event_id)
