@@ -167,3 +167,29 @@ def test_an_export_after_erasure_holds_nothing_personal(api, officer) -> None:
     text = json.dumps(document).lower()
     for value in ("gone.person", "gonzo"):
         assert value not in text
+
+
+def test_the_admin_shows_personal_fields_opened_then_erased(api, officer) -> None:
+    from django.test import Client
+
+    from eventstore.models import Event
+
+    root = get_user_model().objects.create_superuser("root", "root@example.com", "root-pass-1")
+    admin = Client()
+    admin.force_login(root)
+    user = new_user(api, email="shown.in.admin@example.com", first_name="Adminia")
+    created = Event.objects.get(stream_id=f"user-{user['id']}", event_type="UserCreated")
+    assert "Adminia" not in json.dumps(created.data)  # stored sealed
+    pages = [
+        f"/admin/eventstore/event/{created.position}/change/",
+        f"/admin/eventstore/stream/user-{user['id']}/change/",
+    ]
+    for page in pages:
+        body = admin.get(page).content.decode()
+        assert "Adminia" in body, page
+        assert "shown.in.admin@example.com" in body, page
+    officer.post(f"/v1/users/{user['id']}/erase")
+    for page in pages:
+        body = admin.get(page).content.decode()
+        assert "Adminia" not in body, page
+        assert ERASED in body, page
