@@ -405,7 +405,8 @@ def _events_cursor(using: str) -> Iterator[Any]:
 
 
 def _keys_for(datas: Iterable[str], using: str) -> personal.KeyRing:
-    """A key ring holding the keys these stored payloads need, fetched in one query."""
+    """A key ring holding the keys these stored payloads (a feed page: many people's)
+    need, fetched in one query."""
     keys = personal.keyring(using)
     keys.prefetch(personal.sealed_subjects(datas))
     return keys
@@ -491,7 +492,7 @@ def read_stream(
     with _events_cursor(using) as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    keys = _keys_for((row[7] for row in rows), using)
+    keys = personal.keyring(using)  # a stream's events are one person's: fetched at first use
     return [_decode(row, lenient, keys) for row in rows]
 
 
@@ -506,7 +507,7 @@ def load_stream_payloads(stream_id: str, *, using: str = "default") -> list[tupl
         rows = cursor.fetchall()
     if not rows:
         raise StreamNotFound(stream_id)
-    keys = _keys_for((row[3] for row in rows), using)
+    keys = personal.keyring(using)  # a stream's events are one person's: fetched at first use
     decode = registry.decode
     return [(version, decode(kind, schema, data, keys)) for version, kind, schema, data in rows]
 
