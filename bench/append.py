@@ -21,6 +21,11 @@ process with its own connection and its own streams (50 per writer, round-robin)
            Django (``django.setup()`` in every process), exact expected version;
            1, 4 and 8 writers; then 100 events per call at 1 and 4 writers; then
            ``Repository.load`` of a 1,000-event aggregate (median of ``--loads``).
+           Its event has no personal fields: encryption off.
+* ours_enc the same with encryption on: the event's ``name`` and ``note`` are declared
+           personal, each stream its own data subject (a key of its own), so every
+           append seals them (and fetches the stream's key: one more statement) and
+           every load opens them (one key query per load).
 * ceiling  the same SQL the store runs (``eventstore.store._APPEND_SQL["exact"]``:
            stream-row update with the version check + events insert in one statement)
            on a plain psycopg connection in autocommit, parameters pre-encoded and sent
@@ -48,6 +53,7 @@ to ``bench/results/append.json`` (gitignored) and the chart to ``docs/img/append
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import multiprocessing as mp
 import os
@@ -81,21 +87,27 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/9")
 os.environ["DEBUG"] = "false"
 os.environ.setdefault("DJANGO_ENV", "development")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
+# A master key for this run's personal data (the database is dropped each run); spawned
+# writers inherit it.
+os.environ.setdefault("PERSONAL_DATA_MASTER_KEYS", base64.b64encode(os.urandom(32)).decode())
+os.environ.setdefault("PERSONAL_DATA_HMAC_KEY", base64.b64encode(os.urandom(32)).decode())
 
 STREAMS_PER_WRITER = 50
 BATCH = 100
 AGGREGATE_EVENTS = 1000
 WRITERS = (1, 4, 8)
 BATCH_WRITERS = (1, 4)
-SYSTEMS = ("ceiling", "ceiling_bin", "ours", "peer")
+SYSTEMS = ("ceiling", "ceiling_bin", "ours", "ours_enc", "peer")
 LABELS = {
     "ours": "ours (eventstore.store.append)",
+    "ours_enc": "ours, personal fields encrypted",
     "peer": "pyeventsourcing 9.5",
     "ceiling": "ceiling: raw psycopg, same SQL text",
     "ceiling_bin": "ceiling, binary parameters",
 }
 COLORS = {
     "ours": "#1f77b4",
+    "ours_enc": "#2ca02c",
     "peer": "#d62728",
     "ceiling": "#7f7f7f",
     "ceiling_bin": "#303030",
@@ -114,14 +126,23 @@ def _pg_params(dbname: str) -> dict[str, Any]:
 _OURS: dict[str, Any] = {}
 
 
-def _ours_types() -> tuple[type, type]:
-    """(BenchRecorded, BenchAggregate), registered once per process."""
+def _ours_types(personal: bool = False) -> tuple[type, type]:
+    """(BenchRecorded, BenchAggregate), registered once per process; with ``personal``,
+    the event whose ``name`` and ``note`` are sealed with the key of its ``owner``."""
     if not _OURS:
         from eventstore.aggregate import Aggregate
         from eventstore.types import domain_event
 
         @domain_event("bench.Recorded")
         class BenchRecorded:
+            name: str
+            amount: int
+            note: str
+            flag: bool
+
+        @domain_event("bench.PersonalRecorded", personal=("name", "note"), subject="owner")
+        class BenchPersonalRecorded:
+            owner: uuid.UUID
             name: str
             amount: int
             note: str
@@ -141,13 +162,22 @@ def _ours_types() -> tuple[type, type]:
                 raise TypeError(type(event).__name__)
 
             @apply.register(BenchRecorded)
+            @apply.register(BenchPersonalRecorded)
             def _(self, event: Any) -> None:
                 self.count += 1
                 self.total += event.amount
                 self.name = event.name
 
-        _OURS.update(event=BenchRecorded, aggregate=BenchAggregate)
-    return _OURS["event"], _OURS["aggregate"]
+        _OURS.update(event=BenchRecorded, personal=BenchPersonalRecorded, aggregate=BenchAggregate)
+    return _OURS["personal" if personal else "event"], _OURS["aggregate"]
+
+
+def _recorded(personal: bool, stream_id: str, **fields: Any) -> Any:
+    """The bench event; the personal one's subject is the stream's own id."""
+    Recorded, _ = _ours_types(personal)
+    if personal:
+        return Recorded(owner=uuid.UUID(stream_id.split("-", 1)[1]), **fields)
+    return Recorded(**fields)
 
 
 def _setup_django(no_signals: bool) -> None:
@@ -204,26 +234,27 @@ def _peer_env(create_table: bool) -> dict[str, str]:
 # --- writers (each one a spawned process) ---------------------------------------------------
 
 
-def _ours_writer(idx: int, batch: int, no_signals: bool):
+def _ours_writer(idx: int, batch: int, no_signals: bool, personal: bool = False):
     _setup_django(no_signals)
     from django.db import connection
 
     from eventstore import store
 
-    Recorded, _ = _ours_types()
     streams = [f"benchagg-{uuid.uuid4()}" for _ in range(STREAMS_PER_WRITER)]
     versions = {}
     for sid in streams:
-        versions[sid] = store.append(
-            sid, [Recorded(name="w", amount=0, note=NOTE, flag=True)], store.NO_STREAM
-        ).version
+        first = _recorded(personal, sid, name="w", amount=0, note=NOTE, flag=True)
+        versions[sid] = store.append(sid, [first], store.NO_STREAM).version
     name = f"writer-{idx}"
     state = {"i": 0}
 
     def op() -> None:
         i = state["i"] = state["i"] + 1
         sid = streams[i % STREAMS_PER_WRITER]
-        events = [Recorded(name=name, amount=i, note=NOTE, flag=True) for _ in range(batch)]
+        events = [
+            _recorded(personal, sid, name=name, amount=i, note=NOTE, flag=True)
+            for _ in range(batch)
+        ]
         versions[sid] = store.append(sid, events, versions[sid]).version
 
     with connection.cursor() as cursor:
@@ -318,8 +349,13 @@ def _ceiling_bin_writer(idx: int, batch: int, no_signals: bool):
     return _ceiling_writer(idx, batch, no_signals, binary=True)
 
 
+def _ours_enc_writer(idx: int, batch: int, no_signals: bool):
+    return _ours_writer(idx, batch, no_signals, personal=True)
+
+
 WRITER_FACTORIES = {
     "ours": _ours_writer,
+    "ours_enc": _ours_enc_writer,
     "ceiling": _ceiling_writer,
     "ceiling_bin": _ceiling_bin_writer,
     "peer": _peer_writer,
@@ -384,20 +420,30 @@ def _loads(args) -> dict:
     from eventstore import store
     from eventstore.aggregate import Repository
 
-    # Ours: a 1,000-event stream, appended 100 at a time.
-    Recorded, BenchAggregate = _ours_types()
-    aggregate_id = uuid.uuid4()
-    sid = BenchAggregate.stream_id_for(aggregate_id)
-    version = store.NO_STREAM
-    for chunk in range(AGGREGATE_EVENTS // BATCH):
-        events = [Recorded(name=f"n{chunk}", amount=j, note=NOTE, flag=True) for j in range(BATCH)]
-        version = store.append(sid, events, version).version
+    # Ours: a 1,000-event stream, appended 100 at a time; again with encryption on.
+    _, BenchAggregate = _ours_types()
     repository = Repository(BenchAggregate)
+    aggregate_ids = {}
+    for personal in (False, True):
+        aggregate_id = aggregate_ids[personal] = uuid.uuid4()
+        sid = BenchAggregate.stream_id_for(aggregate_id)
+        version = store.NO_STREAM
+        for chunk in range(AGGREGATE_EVENTS // BATCH):
+            events = [
+                _recorded(personal, sid, name=f"n{chunk}", amount=j, note=NOTE, flag=True)
+                for j in range(BATCH)
+            ]
+            version = store.append(sid, events, version).version
+    sid = BenchAggregate.stream_id_for(aggregate_ids[False])
 
-    def ours() -> None:
-        aggregate = repository.load(aggregate_id)
+    def ours(personal: bool = False) -> None:
+        aggregate = repository.load(aggregate_ids[personal])
         assert aggregate.count == AGGREGATE_EVENTS
         assert aggregate.version == AGGREGATE_EVENTS - 1
+        assert aggregate.name == f"n{AGGREGATE_EVENTS // BATCH - 1}"
+
+    def ours_enc() -> None:
+        ours(personal=True)
 
     def ours_read_decode() -> None:  # where the time goes: read + decode, no apply
         store.load_stream_payloads(sid)
@@ -432,6 +478,7 @@ def _loads(args) -> dict:
 
     timed = {
         "ours": ours,
+        "ours_enc": ours_enc,
         "floor": floor,
         "peer": peer,
         "ours_read_decode": ours_read_decode,
@@ -702,10 +749,12 @@ def summarize(points: list[dict], loads: dict) -> dict:
     def row(writers: int, batch: int) -> dict:
         rates = {s: find(s, writers, batch).get("events_per_s") for s in present}
         out: dict[str, Any] = dict(rates)
-        for mine in ("ours",):
+        for mine in ("ours", "ours_enc"):
             for other in ("peer", "ceiling", "ceiling_bin"):
                 out[f"{mine}_over_{other}"] = ratio(rates[mine], rates[other])
                 out[f"paired_{mine}_over_{other}"] = paired(writers, batch, mine, other)
+        out["ours_enc_over_ours"] = ratio(rates["ours_enc"], rates["ours"])
+        out["paired_ours_enc_over_ours"] = paired(writers, batch, "ours_enc", "ours")
         out["cpu"] = cpu(writers, batch)
         return out
 
@@ -720,10 +769,18 @@ def summarize(points: list[dict], loads: dict) -> dict:
         "peer_select_ms": loads["peer_select"]["median_ms"],
         "peer_over_ours": ratio(lp, lo),
         "floor_over_ours": ratio(lc, lo),
+        "ours_enc_ms": loads["ours_enc"]["median_ms"],
+        "peer_over_ours_enc": ratio(lp, loads["ours_enc"]["median_ms"]),
+        "ours_enc_over_ours": ratio(loads["ours_enc"]["median_ms"], lo),
     }
     s8 = single["8"]
     targets = [
         ("single-event appends, 8 writers >= 2x peer", s8["ours_over_peer"], 2.0),
+        (
+            "single-event appends, encryption on, 8 writers >= 2x peer",
+            s8["ours_enc_over_peer"],
+            2.0,
+        ),
         ("single-event appends, 8 writers >= 50% of ceiling", s8["ours_over_ceiling"], 0.5),
         (
             "(stricter) single-event appends, 8 writers >= 50% of binary-parameter ceiling",
@@ -747,6 +804,13 @@ def summarize(points: list[dict], loads: dict) -> dict:
         ]
     targets.append(
         ("1,000-event aggregate load >= 1.5x faster than peer", load["peer_over_ours"], 1.5)
+    )
+    targets.append(
+        (
+            "1,000-event aggregate load, encryption on, >= 5x faster than peer",
+            load["peer_over_ours_enc"],
+            5.0,
+        )
     )
     return {
         "single_event": single,
@@ -833,9 +897,10 @@ def chart(points: list[dict], summary: dict, path: Path) -> None:
 
     ax = axes[2]
     load = summary["load_1000"]
-    names = ["floor (SQL only)", "ours", "peer"]
-    values = [load["floor_ms"], load["ours_ms"], load["peer_ms"]]
-    bars = ax.bar(names, values, color=[COLORS["ceiling"], COLORS["ours"], COLORS["peer"]])
+    names = ["floor (SQL only)", "ours", "ours, encrypted", "peer"]
+    values = [load["floor_ms"], load["ours_ms"], load["ours_enc_ms"], load["peer_ms"]]
+    colors = [COLORS["ceiling"], COLORS["ours"], COLORS["ours_enc"], COLORS["peer"]]
+    bars = ax.bar(names, values, color=colors)
     for bar, value in zip(bars, values, strict=True):
         ax.annotate(
             f"{value:.1f} ms",
@@ -928,15 +993,22 @@ def main() -> None:
             rates = ", ".join(f"{s} {row[s]:.0f}" for s in args.systems)
             print(f"  {label} x{w}: {rates}")
             ratios = ", ".join(
-                f"ours/{o} {row[f'ours_over_{o}']} (paired {row[f'paired_ours_over_{o}']})"
-                for o in ("peer", "ceiling", "ceiling_bin")
+                f"{m}/{o} {row[f'{m}_over_{o}']} (paired {row[f'paired_{m}_over_{o}']})"
+                for m, o in (
+                    ("ours", "peer"),
+                    ("ours", "ceiling"),
+                    ("ours", "ceiling_bin"),
+                    ("ours_enc", "peer"),
+                    ("ours_enc", "ours"),
+                )
             )
             cpu = ", ".join(f"{s} {row['cpu'][s]['total_ms']}" for s in args.systems)
             print(f"      {ratios}; CPU ms/event {cpu}")
     load = summary["load_1000"]
     print(
-        f"  load 1000: ours {load['ours_ms']} ms, peer {load['peer_ms']} ms, floor "
-        f"{load['floor_ms']} ms; peer/ours {load['peer_over_ours']}"
+        f"  load 1000: ours {load['ours_ms']} ms, encrypted {load['ours_enc_ms']} ms, peer "
+        f"{load['peer_ms']} ms, floor {load['floor_ms']} ms; peer/ours {load['peer_over_ours']}, "
+        f"peer/encrypted {load['peer_over_ours_enc']}"
     )
     for t in summary["targets"]:
         print(f"  [{'met ' if t['met'] else 'MISS'}] {t['name']}: {t['value']}")

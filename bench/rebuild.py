@@ -14,7 +14,10 @@ per user, events with ``pg_current_xact_id()``, JSON payloads and metadata, 10,0
 events per committed transaction): per user one ``UserCreated``, then 2 to 6
 ``UserUpdated`` that arrive in later transactions, so the feed interleaves users as
 real traffic does. The same events are copied, in the same order, into
-pyeventsourcing's own table (schema ``peer``) in its own format (topic + JSON state).
+pyeventsourcing's own table (schema ``peer``) in its own format (topic + JSON state), and
+into a second database, ``bench_rebuild_enc``, as ``store.append`` writes them with
+encryption on: email and names sealed with a key per user (its ``personal_keys`` rows
+made on the way), the same transaction ids, positions and times.
 
 At each stage the systems below rebuild from the first event, each in a fresh spawned
 process (so its peak RSS is its own), in rounds that rotate the order; the what-if runs
@@ -27,6 +30,9 @@ at the largest stage only:
                  swap) with an execute wrapper, on the replay's reader thread too, the
                  projection's own binary statements (``users.projections.load_rows`` /
                  ``save_rows``) by wrapping those.
+* ours_enc       the same replay on ``bench_rebuild_enc``: every event's personal fields
+                 opened with its user's key (one key query per page of 2,000 events);
+                 its read model is compared with the one the plaintext events dictate.
 * ours_textsort  the same with the feed query's ``ORDER BY transaction_id, position`` of
                  267ee2b and before, which sorts the xids as text (see docs/benchmarks.md):
                  its pages cost time proportional to the events after the cursor, so it
@@ -53,6 +59,7 @@ the chart to ``docs/img/rebuild.png``.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import multiprocessing as mp
@@ -75,6 +82,7 @@ import common  # noqa: E402  (bench/common.py, next to this script)
 
 PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
 DB = "bench_rebuild"
+DB_ENC = "bench_rebuild_enc"  # the same events, personal fields encrypted
 PEER_SCHEMA = "peer"
 PEER_APP = "BenchUsers"  # pyeventsourcing names its table after the application
 PEER_TABLE = f"{PEER_SCHEMA}.{PEER_APP.lower()}_events"
@@ -85,10 +93,14 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/10")  # a replay neve
 os.environ["DEBUG"] = "false"
 os.environ.setdefault("DJANGO_ENV", "development")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
+# A master key for this run (the databases are dropped each run); children inherit it.
+os.environ.setdefault("PERSONAL_DATA_MASTER_KEYS", base64.b64encode(os.urandom(32)).decode())
+os.environ.setdefault("PERSONAL_DATA_HMAC_KEY", base64.b64encode(os.urandom(32)).decode())
 
-SYSTEMS = ("ours", "ours_textsort", "ours_feedfix", "ceiling", "peer")
+SYSTEMS = ("ours", "ours_enc", "ours_textsort", "ours_feedfix", "ceiling", "peer")
 LABELS = {
     "ours": "ours: replay() as in the tree",
+    "ours_enc": "ours, personal fields encrypted",
     "ours_textsort": "ours, 267ee2b's feed ORDER BY (text sort; first 10 s)",
     "ours_feedfix": "what-if: feed ORDER BY fixed",
     "ceiling": "ceiling: bare psycopg read loop",
@@ -96,6 +108,7 @@ LABELS = {
 }
 COLORS = {
     "ours": "#1f77b4",
+    "ours_enc": "#2ca02c",
     "ours_textsort": "#aec7e8",
     "ours_feedfix": "#9ecae1",
     "ceiling": "#7f7f7f",
@@ -105,6 +118,7 @@ CPUS = os.cpu_count() or 1
 BLOCK = 2000  # users created per generation chunk; their updates land in later chunks
 MAX_UPDATES = 6  # user i gets 2 + i % 5 updates: 4 on average, 5 events per user
 FULL_RUN_LIMIT = 900.0  # seconds: a safety net for the systems that run to the end
+_MEASURED = {"db": DB}  # the database whose backends a child's CPU figures count
 
 
 def _pg_params(dbname: str = DB) -> dict[str, Any]:
@@ -226,6 +240,7 @@ class Generator:
         self.skip = 0
         self.total = 0
         self.copied_to = ("0", 0)  # feed cursor up to which the peer has the events
+        self.sealed_to = ("0", 0)  # and up to which the encrypted copy has them
 
     def stage(self, target: int) -> dict[str, Any]:
         """Append events until the store holds ``target``; copy them to the peer."""
@@ -263,6 +278,9 @@ class Generator:
                     "ORDER BY events.transaction_id DESC, events.position DESC LIMIT 1"
                 ).fetchone()
             copied = time.perf_counter() - copy_started
+        sealed_started = time.perf_counter()
+        self.sealed_to = seal_copy(self.sealed_to)
+        sealed = time.perf_counter() - sealed_started
         # Set hint bits and statistics now, so that no system pays for them in its run.
         with _connect(autocommit=True) as conn:
             for table in ("events", "streams", PEER_TABLE):
@@ -288,23 +306,104 @@ class Generator:
             "generate_s": round(generated, 1),
             "events_per_s_written": round((target - before) / generated) if generated else None,
             "peer_copy_s": round(copied, 1),
+            "encrypted_copy_s": round(sealed, 1),
             "events_table_size": size,
             "peer_table_size": peer_size,
         }
 
 
 def prepare_database() -> None:
-    _admin_sql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)", f"CREATE DATABASE {DB}")
-    subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "migrate", "--verbosity", "0"],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        check=True,
-    )
+    for name in (DB, DB_ENC):
+        _admin_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}")
+        subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), "migrate", "--verbosity", "0"],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": f"{PG_URL}/{name}"},
+            check=True,
+        )
     with _connect(autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {PEER_SCHEMA}")
     app = _peer_classes()["app"](env={**_peer_env(), "CREATE_TABLE": "y"})  # its events table
     app.close()
+
+
+# --- the encrypted copy -------------------------------------------------------------------
+
+_SEAL_PAGE = 10_000
+_SOURCE_SQL = """
+SELECT transaction_id::text, position, stream_id, version, category, event_id, event_type,
+       schema_version, data::text, metadata::text, recorded_at
+FROM events WHERE (transaction_id, position) > (%s::xid8, %s)
+ORDER BY transaction_id, position LIMIT %s
+"""
+_COPY_SQL = (
+    "COPY events (transaction_id, stream_id, version, category, event_id, event_type, "
+    "schema_version, data, metadata, recorded_at) FROM STDIN"
+)
+
+
+def _seal_child(after: tuple[str, int], queue) -> None:
+    """Copy the events after ``after`` into the encrypted database, sealed as append seals
+    them (registry.encode with a key ring on that database), in feed order."""
+    try:
+        os.environ["DATABASE_URL"] = f"{PG_URL}/{DB_ENC}"
+        import django
+
+        django.setup()
+        from django.db import connection, transaction
+
+        from eventstore.personal import KeyRing
+        from eventstore.types import registry
+
+        copied = 0
+        with _connect(autocommit=True) as source:
+            while True:
+                rows = source.execute(_SOURCE_SQL, [*after, _SEAL_PAGE]).fetchall()
+                if not rows:
+                    break
+                payloads = [registry.decode(r[6], r[7], r[8]) for r in rows]
+                with transaction.atomic(), connection.cursor() as cursor:
+                    keys = KeyRing()
+                    subjects = {registry.for_event(p).subject_of(p) for p in payloads}
+                    keys.ensure(subjects - {None})
+                    cursor.execute(  # versions are set once the stage is copied
+                        "INSERT INTO streams (stream_id, category, version, created_at, "
+                        "updated_at) SELECT DISTINCT s, 'user', 0, now(), now() "
+                        "FROM unnest(%s::text[]) AS s ON CONFLICT (stream_id) DO NOTHING",
+                        [[row[2] for row in rows]],
+                    )
+                    with cursor.cursor.copy(_COPY_SQL) as copy:
+                        for row, payload in zip(rows, payloads, strict=True):
+                            copy.write_row(
+                                (row[0], *row[2:8], registry.encode(payload, keys)[1], *row[9:])
+                            )
+                copied += len(rows)
+                after = (rows[-1][0], rows[-1][1])
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO streams (stream_id, category, version, created_at, updated_at) "
+                "SELECT stream_id, min(category), max(version), now(), now() FROM events "
+                "GROUP BY stream_id ON CONFLICT (stream_id) DO UPDATE SET version = "
+                "EXCLUDED.version, updated_at = now()"
+            )
+            for table in ("events", "streams", "personal_keys"):
+                cursor.execute(f"VACUUM (ANALYZE) {table}")
+        queue.put({"after": after, "copied": copied})
+    except BaseException:
+        queue.put({"error": traceback.format_exc()})
+
+
+def seal_copy(after: tuple[str, int]) -> tuple[str, int]:
+    """Bring the encrypted database up to the plaintext one; the new copy cursor."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_seal_child, args=(after, queue), daemon=True)
+    proc.start()
+    result = queue.get(timeout=FULL_RUN_LIMIT * 2)
+    proc.join(timeout=60)
+    if "error" in result:
+        raise RuntimeError(f"the encrypted copy failed:\n{result['error']}")
+    return result["after"]
 
 
 # --- the peer: pyeventsourcing 9.5 ----------------------------------------------------------
@@ -787,7 +886,7 @@ def _backend_cpu(monitor) -> dict[int, float]:
     """CPU seconds of every backend connected to the bench database (but the monitor's)."""
     pids = monitor.execute(
         "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-        [DB],
+        [_MEASURED["db"]],
     ).fetchall()
     out = {}
     for (pid,) in pids:
@@ -842,6 +941,10 @@ def _child(system: str, args: dict, total: int, queue) -> None:
             result = _measure_ceiling(args, total)
         elif system == "peer":
             result = _measure_peer(args, total)
+        elif system == "ours_enc":  # the same replay, on the encrypted copy
+            os.environ["DATABASE_URL"] = f"{PG_URL}/{DB_ENC}"
+            _MEASURED["db"] = DB_ENC
+            result = _measure_ours("ours", args, total)
         else:
             result = _measure_ours(system, args, total)
         queue.put(result)
@@ -899,9 +1002,11 @@ FROM users_user
 """
 
 
-def check_read_model() -> dict[str, Any]:
+def check_read_model(db: str = DB) -> dict[str, Any]:
+    """The read model of ``db`` against the one the plaintext events dictate."""
     with _connect(autocommit=True) as conn:
         expected = conn.execute(_EXPECTED_SQL).fetchone()
+    with _connect(db, autocommit=True) as conn:
         actual = conn.execute(_ACTUAL_SQL).fetchone()
     return {
         "expected_rows": expected[0],
@@ -1111,10 +1216,12 @@ def summarize(runs: list[dict], sizes: list[int]) -> dict[str, Any]:
             ratios = [v[a] / v[b] for v in by_round.values() if v.get(a) and v.get(b)]
             return round(statistics.median(ratios), 3) if ratios else None
 
-        for mine in ("ours", "ours_textsort", "ours_feedfix"):
+        for mine in ("ours", "ours_enc", "ours_textsort", "ours_feedfix"):
             for other in ("peer", "ceiling"):
                 row[f"{mine}_over_{other}"] = ratio(mine, other)
                 row[f"paired_{mine}_over_{other}"] = paired(mine, other)
+        row["ours_enc_over_ours"] = ratio("ours_enc", "ours")
+        row["paired_ours_enc_over_ours"] = paired("ours_enc", "ours")
         ours_row, peer_row = row.get("ours", {}), row.get("peer", {})
         if ours_row.get("complete"):
             ours_row["full_events_per_s"] = ours_row["events_per_s"]
@@ -1135,6 +1242,16 @@ def summarize(runs: list[dict], sizes: list[int]) -> dict[str, Any]:
             "first_pages_measured": ours.get("events_per_s"),
             "target": 20000,
             "met": bool(full and full >= 20000),
+        },
+        {
+            "name": f"rebuild, encryption on, >= 20,000 events/s ({max(sizes):,} events)",
+            "value": largest.get("ours_enc", {}).get("events_per_s"),
+            "cost_over_plaintext": largest.get("paired_ours_enc_over_ours"),
+            "target": 20000,
+            "met": bool(
+                largest.get("ours_enc", {}).get("complete")
+                and largest["ours_enc"]["events_per_s"] >= 20000
+            ),
         },
         {
             "name": "rebuild >= 5x pyeventsourcing's projection runner",
@@ -1274,7 +1391,7 @@ def main() -> None:
         rounds = args.rounds if largest else args.small_rounds
         # The smaller stages show how rate and memory move with the event count; the
         # what-if runs at the largest only.
-        here = [s for s in systems if largest or s in ("ours", "ceiling", "peer")]
+        here = [s for s in systems if largest or s in ("ours", "ours_enc", "ceiling", "peer")]
         for round_no in range(rounds):
             order = here[round_no % len(here) :] + here[: round_no % len(here)]
             for system in order:
@@ -1297,8 +1414,8 @@ def main() -> None:
                 if result.get("full_rebuild_estimate"):
                     print(f"    estimate: {result['full_rebuild_estimate']}", flush=True)
                 key = f"{size}/{system}"
-                if system == "ours" and result["complete"] and key not in checks:
-                    checks[key] = check_read_model()
+                if system in ("ours", "ours_enc") and result["complete"] and key not in checks:
+                    checks[key] = check_read_model(DB_ENC if system == "ours_enc" else DB)
                     print(f"    read model check: {checks[key]}", flush=True)
         if args.profile and profile is None:
             profile_args = {**child_args, "profile": True}
@@ -1348,7 +1465,9 @@ def main() -> None:
             f"             ours whole rebuild {row.get('ours', {}).get('full_events_per_s')}, "
             f"ours/peer {row.get('ours_full_over_peer')} "
             f"(first pages {row.get('ours_over_peer')}), "
-            f"ours/ceiling {row.get('ours_over_ceiling')}"
+            f"ours/ceiling {row.get('ours_over_ceiling')}, "
+            f"encrypted/plaintext {row.get('ours_enc_over_ours')} "
+            f"(paired {row.get('paired_ours_enc_over_ours')})"
         )
     for t in summary["targets"]:
         print(f"  [{'met ' if t['met'] else 'MISS'}] {t['name']}: {t['value']}")

@@ -2,7 +2,8 @@
 
 Precedence: the process environment, then ``.env``, then ``.data/embedded.env``, which
 ``scripts/up.sh`` writes when it starts the embedded PostgreSQL and Redis because no
-``DATABASE_URL`` / ``REDIS_URL`` was given.
+``DATABASE_URL`` / ``REDIS_URL`` was given, then (outside production only)
+``.data/personal-data.env``, the development keys of personal data up.sh makes once.
 """
 
 import ipaddress
@@ -27,6 +28,9 @@ _INSECURE_KEY = "django-insecure-development-only-key-never-use-in-production"
 SECRET_KEY = env.str("SECRET_KEY", default="" if PRODUCTION else _INSECURE_KEY)
 if PRODUCTION and (not SECRET_KEY or SECRET_KEY.startswith("django-insecure")):
     raise environ.ImproperlyConfigured("SECRET_KEY must be set to a strong value in production")
+
+if not PRODUCTION:
+    environ.Env.read_env(DATA_DIR / "personal-data.env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=not PRODUCTION)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if PRODUCTION else ["*"])
@@ -125,6 +129,23 @@ AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "config.clientip.client_ip"
 AXES_LOCKOUT_TEMPLATE = "admin/locked_out.html"
 AXES_VERBOSE = False  # no banner from every process that starts; failures are still logged
+# --- Personal data (eventstore.personal; README, "Forgetting a person") -------------------
+# Master keys (base64 of 32 bytes, comma-separated): the first wraps new person keys,
+# every one listed unwraps; `manage.py rotate_master_key` re-wraps under the first.
+PERSONAL_DATA_MASTER_KEYS = env.list("PERSONAL_DATA_MASTER_KEYS", default=[])
+# Secret of the keyed hashes that stand in for personal values (the email reservation).
+PERSONAL_DATA_HMAC_KEY = env.str("PERSONAL_DATA_HMAC_KEY", default="")
+if PRODUCTION and not (PERSONAL_DATA_MASTER_KEYS and PERSONAL_DATA_HMAC_KEY):
+    raise environ.ImproperlyConfigured(
+        "PERSONAL_DATA_MASTER_KEYS and PERSONAL_DATA_HMAC_KEY must be set in production"
+    )
+# The person keys in a database of their own, so that a copy of the events alone holds
+# no key (migrate it with `manage.py migrate --database personal_keys`).
+if env.str("PERSONAL_KEYS_DATABASE_URL", default=""):
+    DATABASES["personal_keys"] = env.db_url("PERSONAL_KEYS_DATABASE_URL")
+    DATABASES["personal_keys"]["CONN_MAX_AGE"] = DATABASES["default"]["CONN_MAX_AGE"]
+    DATABASES["personal_keys"]["CONN_HEALTH_CHECKS"] = True
+DATABASE_ROUTERS = ["eventstore.routers.PersonalKeysRouter"]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

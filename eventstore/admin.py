@@ -21,7 +21,7 @@ from django.urls import URLPattern, path
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from eventstore import admin_views
+from eventstore import admin_views, personal, store
 from eventstore.admin_views import (
     ReadOnlyAdmin,
     distinct_values,
@@ -145,7 +145,9 @@ class StreamAdmin(ReadOnlyAdmin):
             ).values_list("event_id", "position")
         }
         items = []
-        for event in events:
+        with personal.key_scope():  # one key fetch for the page
+            shown = [store.shown_payload(e.event_type, e.schema_version, e.data) for e in events]
+        for event, data in zip(events, shown, strict=True):
             correlation = event.metadata.get("correlation_id")
             causation = event.metadata.get("causation_id")
             items.append(
@@ -157,7 +159,7 @@ class StreamAdmin(ReadOnlyAdmin):
                     "correlation_url": event_search_url(correlation) if correlation else None,
                     "causation_id": causation,
                     "causation_url": event_url(causes[causation]) if causation in causes else None,
-                    "data": highlight_json(event.data),
+                    "data": highlight_json(data),
                 }
             )
         return {
@@ -254,7 +256,8 @@ class EventAdmin(ReadOnlyAdmin):
 
     @admin.display(description="data")
     def pretty_data(self, event: Event) -> SafeString:
-        return highlight_json(event.data)
+        data = store.shown_payload(event.event_type, event.schema_version, event.data)
+        return highlight_json(data)
 
     @admin.display(description="metadata")
     def pretty_metadata(self, event: Event) -> SafeString:

@@ -274,7 +274,7 @@ _RECENT_SQL = """
     WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
     SELECT h.xmin::text, e.* FROM h LEFT JOIN LATERAL (
         SELECT position, stream_id, version, event_type, event_id, metadata::text,
-               recorded_at, left(data::text, 300)
+               recorded_at, schema_version, data::text
         FROM events WHERE transaction_id < h.xmin {filter}
         ORDER BY transaction_id DESC, position DESC LIMIT %(limit)s
     ) e ON true
@@ -288,7 +288,13 @@ def _recent_events(category: str | None, limit: int) -> tuple[list[dict[str, Any
         rows = cursor.fetchall()
     horizon = Cursor(int(rows[0][0]), 0)
     events = [
-        _tail_row(*row[1:6], json.loads(row[6]), row[7], row[8])
+        _tail_row(
+            *row[1:6],
+            json.loads(row[6]),
+            row[7],
+            # Personal fields opened, as the tail's later polls (store.read_all) show them.
+            json.dumps(store.shown_payload(row[4], row[8], row[9]), ensure_ascii=False),
+        )
         for row in reversed(rows)
         if row[1] is not None
     ]

@@ -194,3 +194,26 @@ class SkippedEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.stream_id}@{self.version} skipped by {self.subscriber}"
+
+
+class PersonalKey(models.Model):
+    """One data subject's key, wrapped by a master key; no key once they are erased.
+
+    Written only by :mod:`eventstore.personal`. It may live in a database of its own
+    (``PERSONAL_KEYS_DATABASE_URL``; :class:`eventstore.routers.PersonalKeysRouter`).
+    """
+
+    subject = models.TextField(primary_key=True)
+    wrapped_key = models.BinaryField(
+        null=True, blank=True, help_text="Nonce and AES-GCM ciphertext; NULL once erased."
+    )
+    master_key_id = models.TextField(blank=True, default="", help_text="Which master key wraps it.")
+    created_at = models.DateTimeField(db_default=Now())
+    erased_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "personal_keys"
+        verbose_name = "personal data key"
+
+    def __str__(self) -> str:
+        return self.subject

@@ -11,6 +11,9 @@ The global and category feeds are gap-safe: each event stores the id of the tran
 that wrote it, and readers only read below the oldest transaction still running
 (``pg_snapshot_xmin``), ordered by (transaction id, position). An event whose
 transaction commits late therefore cannot be skipped, and no writer waits for another.
+
+Personal fields are sealed on append and opened on read (:mod:`eventstore.personal`),
+with the keys of a whole append, stream or page fetched in one query.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import msgspec
 import psycopg
 from django.db import IntegrityError, connections, transaction
 
-from eventstore import signals
+from eventstore import personal, signals
 from eventstore.context import current_context
 from eventstore.cursor import Cursor
 from eventstore.errors import (
@@ -255,8 +258,18 @@ def append(
         "data": [],
         "metadata": [],
     }
+    keys = personal.keyring(using)
+    subjects = {
+        subject
+        for e in new_events
+        if (subject := registry.for_event(e.payload).subject_of(e.payload)) is not None
+    }
+    if subjects:  # one round trip for the keys of the whole append, if any
+        if expected is not NO_STREAM:  # an existing stream: its subjects' keys most likely too
+            keys.prefetch(subjects)
+        keys.ensure(subjects)  # creates those that are missing
     for new_event in new_events:
-        event_type, data = registry.encode(new_event.payload)
+        event_type, data = registry.encode(new_event.payload, keys)
         params["event_ids"].append(new_event.event_id)
         params["event_types"].append(event_type.name)
         params["schema_versions"].append(event_type.version)
@@ -399,10 +412,23 @@ class Undecodable:
     error: str
 
 
-def _decode(row: Sequence[Any], lenient: bool = False, keep: bool = False) -> RecordedEvent:
+def _keys_for(datas: Iterable[str], using: str) -> personal.KeyRing:
+    """A key ring holding the keys these stored payloads (a feed page: many people's)
+    need, fetched in one query."""
+    keys = personal.keyring(using)
+    keys.prefetch(personal.sealed_subjects(datas))
+    return keys
+
+
+def _decode(
+    row: Sequence[Any],
+    lenient: bool = False,
+    keys: personal.KeyRing | None = None,
+    keep: bool = False,
+) -> RecordedEvent:
     position, xid, stream_id, version, event_id, event_type, schema_version, data, meta, at = row
     try:
-        payload = registry.decode(event_type, schema_version, data)
+        payload = registry.decode(event_type, schema_version, data, keys)
     except (UnknownEventType, EventDecodingError) as exc:
         if keep:  # a subscriber's read: it parks the stream instead of stopping
             payload = Undecodable(f"{type(exc).__name__}: {exc}")
@@ -425,6 +451,22 @@ def _decode(row: Sequence[Any], lenient: bool = False, keep: bool = False) -> Re
         _metadata_decoder.decode(meta),
         at,
     )
+
+
+def shown_payload(
+    event_type: str, schema_version: int, data: Any, *, using: str = "default"
+) -> Any:
+    """An event's payload as JSON-able values, personal fields opened, for staff pages.
+
+    ``data`` as the ORM reads it (a dict). Read leniently: a payload this release
+    cannot read is shown as stored.
+    """
+    text = data if isinstance(data, str) else _metadata_encoder.encode(data).decode()
+    keys = _keys_for([text], using)
+    try:
+        return msgspec.to_builtins(registry.decode(event_type, schema_version, text, keys))
+    except (UnknownEventType, EventDecodingError):
+        return data
 
 
 def stream_version(stream_id: str, *, using: str = "default") -> int | None:
@@ -463,7 +505,9 @@ def read_stream(
         params.append(limit)
     with _events_cursor(using) as cursor:
         cursor.execute(sql, params)
-        return [_decode(row, lenient) for row in cursor.fetchall()]
+        rows = cursor.fetchall()
+    keys = personal.keyring(using)  # a stream's events are one person's: fetched at first use
+    return [_decode(row, lenient, keys) for row in rows]
 
 
 def load_stream_payloads(stream_id: str, *, using: str = "default") -> list[tuple[int, Any]]:
@@ -477,8 +521,9 @@ def load_stream_payloads(stream_id: str, *, using: str = "default") -> list[tupl
         rows = cursor.fetchall()
     if not rows:
         raise StreamNotFound(stream_id)
+    keys = personal.keyring(using)  # a stream's events are one person's: fetched at first use
     decode = registry.decode
-    return [(version, decode(kind, schema, data)) for version, kind, schema, data in rows]
+    return [(version, decode(kind, schema, data, keys)) for version, kind, schema, data in rows]
 
 
 # One statement, so the horizon and the rows come from the same snapshot: reading the
@@ -557,7 +602,11 @@ def read_all(
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     horizon = Cursor(int(rows[0][0]), 0)
-    events = [_decode(row[1:], lenient, keep_undecodable) for row in rows if row[1] is not None]
+    # Column 8 is the stored payload (data), after the horizon and the seven before it.
+    keys = _keys_for((row[8] for row in rows if row[1] is not None), using)
+    events = [
+        _decode(row[1:], lenient, keys, keep_undecodable) for row in rows if row[1] is not None
+    ]
     if len(events) == params["limit"]:
         next_cursor = events[-1].cursor
     else:
@@ -616,7 +665,9 @@ def read_waiting(
             [stream_id, list(event_types), str(after.transaction_id), after.position,
              str(until.transaction_id), until.position],
         )  # fmt: skip
-        return [_decode(row, keep=True) for row in cursor.fetchall()]
+        rows = cursor.fetchall()
+    keys = personal.keyring(using)  # one stream: one person's key, fetched at first use
+    return [_decode(row, keys=keys, keep=True) for row in rows]
 
 
 def read_category(

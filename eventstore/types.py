@@ -4,14 +4,25 @@ An event class is declared once with :func:`domain_event`; the name it is stored
 never changes. When its schema changes, bump ``version`` and register an
 :func:`upcaster` that turns the previous version's JSON into the next one, so old
 events are read as the current class without ever rewriting the events table.
+
+An event class may declare ``personal`` fields and the field naming their data
+``subject``. Those fields are stored sealed, with the subject's own key (a
+:class:`KeyRing`, see :mod:`eventstore.personal`), under the member ``"#"`` of the
+stored JSON: ``{"#": "<subject>:<base64 nonce+ciphertext>", ...the other fields}``.
+When the subject's key has been destroyed they read as :data:`ERASED` (or None where
+the field's type allows no string). A member named ``"#"`` sorts first in PostgreSQL's
+``jsonb`` text (shortest key first), so reading it needs no JSON parse of its own: the
+opened fields are joined to the rest of the text and decoded once into the class.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -21,6 +32,26 @@ T = TypeVar("T")
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 _encoder = msgspec.json.Encoder(decimal_format="string", uuid_format="canonical")
+
+SEALED = "#"
+"""The member of a stored payload that holds its sealed personal fields."""
+ERASED = "[erased]"
+"""What a personal text field reads as once its subject's key is destroyed."""
+_SEALED_PREFIX = '{"#":'
+_SEALED_PREFIX_BYTES = _SEALED_PREFIX.encode()
+
+
+class KeyRing(Protocol):
+    """Seals and opens personal fields with the key of their data subject."""
+
+    def seal(self, subject: str, context: str, plaintext: bytes) -> str: ...
+
+    def open(self, subject: str, context: str, token: str) -> bytes | None:
+        """The plaintext, or None when the subject's key is gone (erased).
+
+        Raises EventDecodingError for a token that does not open with a key it has.
+        """
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +63,21 @@ class EventType:
     version: int
     decoder: msgspec.json.Decoder
     upcasters: dict[int, Upcaster]
+    personal: tuple[str, ...] = ()
+    subject: str | None = None
+    erased: dict[str, Any] = dataclasses.field(default_factory=dict)
+    fields: tuple[str, ...] = ()
+
+    def subject_of(self, event: object) -> str | None:
+        """The data subject whose key seals this event, or None if it holds no personal value."""
+        if not self.personal or all(getattr(event, name) is None for name in self.personal):
+            return None
+        subject = getattr(event, self.subject)  # type: ignore[arg-type]
+        if subject is None:
+            raise EventSerializationError(
+                f"{self.name} holds personal data but its subject {self.subject!r} is None"
+            )
+        return str(subject)
 
 
 class EventRegistry:
@@ -41,14 +87,34 @@ class EventRegistry:
         self._by_name: dict[str, EventType] = {}
         self._by_class: dict[type, EventType] = {}
 
-    def register(self, cls: type, name: str, version: int = 1) -> None:
+    def register(
+        self,
+        cls: type,
+        name: str,
+        version: int = 1,
+        *,
+        personal: Iterable[str] = (),
+        subject: str | None = None,
+    ) -> None:
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"{cls.__name__} must be a dataclass to be an event")
         existing = self._by_name.get(name)
         if existing is not None and existing.cls.__qualname__ != cls.__qualname__:
             raise ValueError(f"event type name {name!r} is already used by {existing.cls}")
         upcasters = existing.upcasters if existing else {}
-        entry = EventType(name, cls, version, msgspec.json.Decoder(cls), upcasters)
+        personal = tuple(personal)
+        erased = _erased_values(cls, personal, subject)
+        entry = EventType(
+            name,
+            cls,
+            version,
+            msgspec.json.Decoder(cls),
+            upcasters,
+            personal,
+            subject,
+            erased,
+            tuple(field.name for field in dataclasses.fields(cls)),
+        )
         self._by_name[name] = entry
         self._by_class[cls] = entry
 
@@ -76,16 +142,30 @@ class EventRegistry:
     def names(self) -> list[str]:
         return sorted(self._by_name)
 
-    def encode(self, event: object) -> tuple[EventType, str]:
-        """The event's registered type and its JSON text."""
+    def encode(self, event: object, keys: KeyRing | None = None) -> tuple[EventType, str]:
+        """The event's registered type and its JSON text, personal fields sealed by ``keys``."""
         entry = self.for_event(event)
+        subject = entry.subject_of(event)
+        if subject is not None and keys is None:
+            raise EventSerializationError(f"{entry.name} holds personal data: it needs keys")
         try:
-            return entry, _encoder.encode(event).decode()
+            if subject is None:
+                return entry, _encoder.encode(event).decode()
+            secret = {f: v for f in entry.personal if (v := getattr(event, f)) is not None}
+            fields = {f: getattr(event, f) for f in entry.fields if f not in secret}
+            token = keys.seal(subject, entry.name, _encoder.encode(secret))  # type: ignore[union-attr]
+            return entry, _encoder.encode({SEALED: f"{subject}:{token}", **fields}).decode()
         except (TypeError, ValueError, OverflowError) as exc:
             raise EventSerializationError(f"{entry.name} cannot be stored as JSON: {exc}") from exc
 
-    def decode(self, name: str, version: int, data: str | bytes) -> Any:
-        """Read stored JSON as the current class, upcasting older versions first."""
+    def decode(
+        self, name: str, version: int, data: str | bytes, keys: KeyRing | None = None
+    ) -> Any:
+        """Read stored JSON as the current class, upcasting older versions first.
+
+        Sealed personal fields are opened with ``keys``; without them, reading a payload
+        that holds any is an error (never a silent "erased").
+        """
         entry = self.lookup(name)
         if version > entry.version:
             # Written by a newer release: read as this version, its new fields would be
@@ -95,37 +175,116 @@ class EventRegistry:
                 f"version {entry.version}"
             )
         try:
+            if isinstance(data, str):
+                sealed = data.startswith(_SEALED_PREFIX)
+            elif sealed := data.startswith(_SEALED_PREFIX_BYTES):
+                data = data.decode()
+            if not sealed:
+                if version == entry.version:
+                    return entry.decoder.decode(data)
+                return self._decode_dict(entry, version, msgspec.json.decode(data))
+            if keys is None:
+                raise EventDecodingError(f"stored {name} holds sealed personal data: no keys")
             if version == entry.version:
-                return entry.decoder.decode(data)
-            payload = msgspec.json.decode(data)
-            for step in range(version, entry.version):
-                upcast = entry.upcasters.get(step)
-                if upcast is None:
-                    raise EventDecodingError(
-                        f"{name} version {version} is stored but no upcaster "
-                        f"from version {step} to {step + 1} is registered"
-                    )
-                try:
-                    payload = upcast(payload)
-                except Exception as exc:
-                    raise EventDecodingError(
-                        f"upcasting stored {name} from version {step} failed: "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from exc
-            return entry.decoder.decode(_encoder.encode(payload))
+                # The hot path (folding, projections, replays), so inline: the sealed member
+                # comes first (jsonb's order), its value "<subject>:<token>" ends at the next
+                # quote unless that one is escaped (the token, base64, holds none).
+                start = data.find('"', len(_SEALED_PREFIX)) + 1
+                end = data.find('"', start)
+                if start and end > start and data[end - 1] != "\\":
+                    subject, _, token = data[start:end].rpartition(":")
+                    plain = keys.open(subject, name, token)
+                    if plain is not None:
+                        # '{"email":"a@b"' + ', "user_id": "..."}': one object, decoded once.
+                        return entry.decoder.decode(plain[:-1].decode() + data[end + 1 :])
+            return self._decode_sealed(entry, version, data, keys)
         except msgspec.ValidationError as exc:
             raise EventDecodingError(f"stored {name} (v{version}) is not valid: {exc}") from exc
+
+    def _decode_sealed(self, entry: EventType, version: int, text: str, keys: KeyRing) -> Any:
+        """The general case: an erased subject, an older version, an unusual text."""
+        payload = msgspec.json.decode(text)
+        subject, _, token = payload.pop(SEALED).rpartition(":")
+        plain = keys.open(subject, entry.name, token)
+        if plain is not None:
+            payload.update(msgspec.json.decode(plain))
+        payload = self._upcast(entry, version, payload)
+        if plain is None:
+            for field, erased in entry.erased.items():
+                payload.setdefault(field, erased)  # the sealed ones are the missing ones
+        return entry.decoder.decode(_encoder.encode(payload))
+
+    def _decode_dict(self, entry: EventType, version: int, payload: dict[str, Any]) -> Any:
+        return entry.decoder.decode(_encoder.encode(self._upcast(entry, version, payload)))
+
+    def _upcast(self, entry: EventType, version: int, payload: dict[str, Any]) -> dict[str, Any]:
+        name = entry.name
+        for step in range(version, entry.version):
+            upcast = entry.upcasters.get(step)
+            if upcast is None:
+                raise EventDecodingError(
+                    f"{name} version {version} is stored but no upcaster "
+                    f"from version {step} to {step + 1} is registered"
+                )
+            try:
+                payload = upcast(payload)
+            except Exception as exc:
+                raise EventDecodingError(
+                    f"upcasting stored {name} from version {step} failed: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+        return payload
+
+
+def _erased_values(cls: type, personal: tuple[str, ...], subject: str | None) -> dict[str, Any]:
+    """What each personal field reads as once erased: ERASED if it may be a string, else None.
+
+    Checked when the class is declared, so an erased event always decodes into its class.
+    """
+    if not personal:
+        if subject is not None:
+            raise TypeError(f"{cls.__name__} names a subject but no personal fields")
+        return {}
+    hints = typing.get_type_hints(cls)
+    if subject is None or subject not in hints:
+        raise TypeError(f"{cls.__name__}: personal fields need subject=<one of its fields>")
+    erased: dict[str, Any] = {}
+    for field in personal:
+        if field not in hints:
+            raise TypeError(f"{cls.__name__} has no field {field!r} to declare personal")
+        if field == subject:
+            raise TypeError(f"{cls.__name__}: the subject {field!r} cannot be personal too")
+        hint = hints[field]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        options = typing.get_args(hint) if union else (hint,)
+        if str in options:
+            erased[field] = ERASED
+        elif type(None) in options:
+            erased[field] = None
+        else:
+            raise TypeError(
+                f"{cls.__name__}.{field} is personal, so it must allow str or None "
+                "(what it reads as once erased)"
+            )
+    return erased
 
 
 registry = EventRegistry()
 
 
-def domain_event(name: str, *, version: int = 1) -> Callable[[type[T]], type[T]]:
-    """Declare an event: a frozen, keyword-only dataclass stored under ``name``."""
+def domain_event(
+    name: str, *, version: int = 1, personal: Iterable[str] = (), subject: str | None = None
+) -> Callable[[type[T]], type[T]]:
+    """Declare an event: a frozen, keyword-only dataclass stored under ``name``.
+
+    ``personal`` names the fields that hold personal data of the person the field
+    ``subject`` identifies (its value is the key's id): they are stored encrypted with
+    that person's key, and read as :data:`ERASED` once the key is destroyed.
+    """
 
     def decorate(cls: type[T]) -> type[T]:
         event_cls = dataclass(frozen=True, kw_only=True, slots=True)(cls)
-        registry.register(event_cls, name, version)
+        registry.register(event_cls, name, version, personal=personal, subject=subject)
         return event_cls
 
     return decorate

@@ -7,6 +7,9 @@ class SagasConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from sagas import welcome
+        from sagas import (
+            personal,  # noqa: F401  (connects the erasure and export receivers)
+            welcome,
+        )
 
         welcome.register()

@@ -23,8 +23,8 @@ from django.core.mail import EmailMessage, get_connection
 from django.core.mail.backends.smtp import EmailBackend as SmtpBackend
 from django.db import connection
 from django.utils import timezone
-from django.utils.crypto import salted_hmac
 
+from eventstore import personal
 from sagas.models import MailCooldown
 from sagas.runner import GiveUp, Retry
 
@@ -179,8 +179,9 @@ def send(message: EmailMessage) -> None:
 
 
 def _cooldown_key(purpose: str, address: str) -> str:
-    """A keyed hash of the address: the table holds no address."""
-    return salted_hmac(f"sagas.mail.cooldown.{purpose}", address.strip().lower()).hexdigest()
+    """A keyed hash of the address (as the email reservation keeps): the table holds no
+    address."""
+    return personal.keyed_hash(f"{purpose}:{address.strip().lower()}")
 
 
 def claim_cooldown(purpose: str, address: str, seconds: float) -> bool:

@@ -9,6 +9,7 @@
 #   .data/run/*.pid      pidfiles of gunicorn, the Celery workers and beat, and Redis
 #   .data/log/*.log      their logs
 #   .data/embedded.env   DATABASE_URL / REDIS_URL of the embedded servers (config/settings.py reads it)
+#   .data/personal-data.env  development keys of personal data (made once by up.sh; kept)
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 DATA="$ROOT/.data"
@@ -17,6 +18,7 @@ LOG_DIR="$DATA/log"
 PG_DATA="$DATA/pg"
 REDIS_DIR="$DATA/redis"
 EMBEDDED_ENV="$DATA/embedded.env"
+PERSONAL_DATA_ENV="$DATA/personal-data.env"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 

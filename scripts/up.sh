@@ -18,8 +18,10 @@ cd "$ROOT"
 HEALTH_TIMEOUT=60
 
 sync_venv
-load_config DATABASE_URL REDIS_URL HOST PORT WEB_CONCURRENCY WEB_THREADS MAIL_QUEUE MAIL_WORKER_CONCURRENCY \
-    DJANGO_SUPERUSER_USERNAME DJANGO_SUPERUSER_EMAIL DJANGO_SUPERUSER_PASSWORD
+load_config DATABASE_URL REDIS_URL HOST PORT WEB_CONCURRENCY WEB_THREADS MAIL_QUEUE \
+    MAIL_WORKER_CONCURRENCY DJANGO_SUPERUSER_USERNAME DJANGO_SUPERUSER_EMAIL \
+    DJANGO_SUPERUSER_PASSWORD DJANGO_ENV PERSONAL_DATA_MASTER_KEYS PERSONAL_DATA_HMAC_KEY \
+    PERSONAL_KEYS_DATABASE_URL
 
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
@@ -132,9 +134,34 @@ else
     rm -f "$EMBEDDED_ENV"
 fi
 
+# --- keys of personal data --------------------------------------------------------------
+# Outside production, a development master key and HMAC secret are made once and kept in
+# .data/personal-data.env (config/settings.py reads it; scripts/down.sh leaves it): losing
+# it makes the personal data stored with it unreadable. Production must set its own.
+if [[ ${DJANGO_ENV:-development} != production && -z ${PERSONAL_DATA_MASTER_KEYS:-} &&
+    ! -s $PERSONAL_DATA_ENV ]]; then
+    info "Making development keys for personal data in ${PERSONAL_DATA_ENV#"$ROOT"/}"
+    (
+        umask 077
+        "$PY" - >"$PERSONAL_DATA_ENV.tmp.$$" <<'PY'
+import base64, os, secrets
+print("# Written once by scripts/up.sh: development keys of personal data. Keep this file:")
+print("# without it the personal data stored with these keys cannot be read.")
+print(f"PERSONAL_DATA_MASTER_KEYS={base64.b64encode(os.urandom(32)).decode()}")
+print(f"PERSONAL_DATA_HMAC_KEY={secrets.token_urlsafe(32)}")
+PY
+        mv -f "$PERSONAL_DATA_ENV.tmp.$$" "$PERSONAL_DATA_ENV"
+    ) || die "could not write $PERSONAL_DATA_ENV"
+fi
+
 # --- Django: migrations, static files, superuser ---------------------------------------
 info "Applying migrations"
 "$PY" manage.py migrate --noinput || die "manage.py migrate failed (see above)"
+if [[ -n ${PERSONAL_KEYS_DATABASE_URL:-} ]]; then
+    info "Applying migrations to the personal keys database"
+    "$PY" manage.py migrate --noinput --database personal_keys ||
+        die "manage.py migrate --database personal_keys failed (see above)"
+fi
 info "Collecting static files into .data/static"
 "$PY" manage.py collectstatic --noinput --verbosity 0 || die "manage.py collectstatic failed (see above)"
 

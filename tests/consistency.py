@@ -190,9 +190,11 @@ def _check_streams(report: Report, cursor: Any) -> None:
 
 def _replay_users(cursor: Any) -> dict[uuid.UUID, dict[str, Any]]:
     """Every user stream folded through the aggregate, plus what the projection records."""
+    from eventstore.personal import KeyRing
     from eventstore.types import registry
     from users.aggregate import User
 
+    keys = KeyRing()
     cursor.execute(
         "SELECT stream_id, version, position, transaction_id::text, event_type, schema_version, "
         "data::text, recorded_at FROM events WHERE category = 'user' ORDER BY stream_id, version"
@@ -207,7 +209,7 @@ def _replay_users(cursor: Any) -> dict[uuid.UUID, dict[str, Any]]:
                 "created_at": at,
                 "types": [],
             }
-        entry["user"].apply(registry.decode(event_type, schema_version, data))
+        entry["user"].apply(registry.decode(event_type, schema_version, data, keys))
         entry["user"].version = version
         entry["position"] = position
         entry["updated_at"] = at

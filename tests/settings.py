@@ -12,3 +12,6 @@ EMAIL_FILE_PATH = env.str("EMAIL_FILE_PATH", default="/tmp")
 # WhiteNoise warns once per request when STATIC_ROOT is missing (collectstatic not run).
 STATIC_ROOT = BASE_DIR / ".data" / "test-static"  # noqa: F405
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+# Fixed test keys of personal data (tests that rotate add their own in front).
+PERSONAL_DATA_MASTER_KEYS = ["dGVzdC1tYXN0ZXIta2V5LW9mLXBlcnNvbmFsLWRhdGE="]
+PERSONAL_DATA_HMAC_KEY = "test-hmac-key-of-personal-data"

@@ -11,10 +11,16 @@ from datetime import datetime
 
 from eventstore.aggregate import Aggregate, when
 from users import rules
-from users.errors import AlreadyWelcomed, InvalidUserData, StaleVersion, UserIsDeleted
-from users.events import UserCreated, UserDeleted, UserUpdated, UserWelcomed
+from users.errors import (
+    AlreadyWelcomed,
+    InvalidUserData,
+    StaleVersion,
+    UserIsDeleted,
+    UserIsErased,
+)
+from users.events import UserCreated, UserDeleted, UserErased, UserUpdated, UserWelcomed
 
-ACTIVE, DELETED = "active", "deleted"
+ACTIVE, DELETED, ERASED = "active", "deleted", "erased"
 
 # Events the service records for its own bookkeeping, which change nothing a client
 # writes: a conditional write (If-Match) made before one of them does not conflict.
@@ -82,7 +88,14 @@ class User(Aggregate):
         if not self.last_change_version <= version <= self.version:
             raise StaleVersion(self.id, version, self.version)
 
+    def erase(self) -> None:
+        """Forget the user's personal data; erasing an erased user records nothing."""
+        if self.status != ERASED:
+            self.record(UserErased(user_id=self.id))
+
     def _ensure_not_deleted(self) -> None:
+        if self.status == ERASED:
+            raise UserIsErased(self.id)
         if self.status == DELETED:
             raise UserIsDeleted(self.id)
 
@@ -113,6 +126,11 @@ class User(Aggregate):
     @when(UserWelcomed)
     def _welcomed(self, event: UserWelcomed) -> None:
         self.welcomed_at = event.welcomed_at
+
+    @when(UserErased)
+    def _erased(self, event: UserErased) -> None:
+        self.email = self.first_name = self.last_name = ""
+        self.status = ERASED
 
 
 def _validated(values: dict[str, object]) -> dict[str, str]:

@@ -112,3 +112,27 @@ USER_EVENTS_PAGE = {
 }
 UPDATED = {**WRITE_RESULT, "last_name": "King", "welcomed_at": USER["welcomed_at"], "version": 2,
            "position": 1077}  # fmt: skip
+
+ERASED_RESULT = {
+    **WRITE_RESULT,
+    "email": "[erased]",
+    "first_name": "[erased]",
+    "last_name": "[erased]",
+    "status": "erased",
+    "version": 3,
+    "position": 2051,
+}
+EXPORT = {
+    "schema": "user-export/1",
+    "exported_at": "2026-12-07T10:15:00+00:00",
+    "user_id": EXAMPLE_USER_ID,
+    "erased": False,
+    "profile": {"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace",
+                "status": "active", "version": 1},
+    "read_model": {"email": "ada@example.com", "status": "active", "version": 1},
+    "events": [EXAMPLE_EVENT],
+    "sagas": [{"saga_type": "welcome", "status": "completed", "step": "done", "attempts": 0}],
+    "emails_sent": [{"sent_at": "2026-12-07T09:00:01+00:00", "template": "sagas/welcome_email",
+                     "saga_type": "welcome"}],
+    "api_tokens": [],
+}  # fmt: skip

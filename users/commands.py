@@ -36,4 +36,11 @@ class WelcomeUser:
     user_id: UUID
 
 
-Command = CreateUser | UpdateUser | DeleteUser | WelcomeUser
+@dataclass(frozen=True, kw_only=True)
+class EraseUser:
+    """Forget the user's personal data for good (GDPR article 17)."""
+
+    user_id: UUID
+
+
+Command = CreateUser | UpdateUser | DeleteUser | WelcomeUser | EraseUser

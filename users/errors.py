@@ -28,8 +28,9 @@ class UserAlreadyExists(UserError):
 
 
 class EmailAlreadyTaken(UserError):
+    # The message names no address: error messages end up in logs and saga rows.
     def __init__(self, email: str) -> None:
-        super().__init__(f"the email address {email} belongs to another user")
+        super().__init__("this email address belongs to another user")
         self.email = email
 
 
@@ -55,3 +56,14 @@ class StaleVersion(UserError):
         self.user_id = user_id
         self.expected = expected
         self.actual = actual
+
+
+class UserIsErased(UserIsDeleted):
+    """A deleted user can be erased; an erased one is gone for every command."""
+
+    def __init__(self, user_id: UUID) -> None:
+        message = (
+            f"user {user_id} has been erased (their personal data forgotten); it cannot change"
+        )
+        UserError.__init__(self, message)
+        self.user_id = user_id

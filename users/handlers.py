@@ -3,11 +3,13 @@
 Each handler loads the aggregate, calls one method, and appends the new events, all in
 one transaction with the email reservation. A lost race (another writer appended first)
 is retried from a fresh load; a version the client pinned with ``If-Match`` is checked
-again on each load (:meth:`User.check_unchanged_since`).
+again on each load (:meth:`User.check_unchanged_since`). Each attempt shares one key ring
+(:func:`eventstore.personal.key_scope`): the load and the append fetch the user's key once.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,13 +18,16 @@ from typing import Any
 from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
+from eventstore import personal
 from eventstore.aggregate import Repository
 from eventstore.errors import ConcurrencyError, StreamNotFound
+from eventstore.models import Stream
 from users.aggregate import User
-from users.commands import Command, CreateUser, DeleteUser, UpdateUser, WelcomeUser
-from users.errors import EmailAlreadyTaken, UserAlreadyExists, UserNotFound
-from users.models import EmailReservation
+from users.commands import Command, CreateUser, DeleteUser, EraseUser, UpdateUser, WelcomeUser
+from users.errors import EmailAlreadyTaken, UserAlreadyExists, UserIsErased, UserNotFound
+from users.models import EmailReservation, IdempotentRequest
 
+logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 repository = Repository(User)
 
@@ -52,11 +57,12 @@ def _load(user_id: uuid.UUID, expected_version: int | None = None) -> User:
 # Every create runs this: a prepared statement costs this process half the CPU of the
 # ORM's create() (model instance, compiler, text binding) and PostgreSQL no parse or plan.
 _RESERVATIONS = EmailReservation._meta.db_table
-_RESERVE_SQL = f'INSERT INTO "{_RESERVATIONS}" ("email", "user_id") VALUES (%s, %s)'
+_RESERVE_SQL = f'INSERT INTO "{_RESERVATIONS}" ("email_hash", "user_id") VALUES (%s, %s)'
 
 
 def _reserve_email(email: str, user_id: uuid.UUID) -> None:
-    """Claim ``email`` for ``user_id``; waits for a concurrent claim to commit or roll back.
+    """Claim ``email`` (its keyed hash) for ``user_id``; waits for a concurrent claim to
+    commit or roll back.
 
     No savepoint (two more round trips per create or email change): a clash ends the
     command, so the enclosing transaction is rolled back whole, never used after the error.
@@ -66,7 +72,7 @@ def _reserve_email(email: str, user_id: uuid.UUID) -> None:
             transaction.atomic(savepoint=False),
             connections[EmailReservation.objects.db].prepared_cursor() as cursor,
         ):
-            cursor.execute(_RESERVE_SQL, [email, user_id])
+            cursor.execute(_RESERVE_SQL, [personal.keyed_hash(email), user_id])
     except IntegrityError:
         raise EmailAlreadyTaken(email) from None
 
@@ -84,7 +90,7 @@ def _retrying(work: Callable[[], CommandResult]) -> CommandResult:
     """
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            with transaction.atomic():
+            with transaction.atomic(), personal.key_scope():
                 return work()
         except ConcurrencyError:
             if attempt == MAX_ATTEMPTS:
@@ -102,7 +108,7 @@ def create_user(command: CreateUser) -> CommandResult:
         _reserve_email(user.email, user.id)  # a clash rolls the append back
         return result
 
-    with transaction.atomic():
+    with transaction.atomic(), personal.key_scope():
         return work()
 
 
@@ -111,10 +117,13 @@ def update_user(command: UpdateUser) -> CommandResult:
         user = _load(command.user_id, command.expected_version)
         old_email = user.email
         user.update(email=command.email, first_name=command.first_name, last_name=command.last_name)
+        # The append first: it locks the stream row, so concurrent writers of this user
+        # move the reservation one after the other (a loser conflicts here and retries).
+        result = _save(user)
         if user.email != old_email:
-            EmailReservation.objects.filter(email=old_email, user_id=user.id).delete()
+            EmailReservation.objects.filter(user_id=user.id).delete()
             _reserve_email(user.email, user.id)
-        return _save(user)
+        return result
 
     return _retrying(work)
 
@@ -138,14 +147,51 @@ def welcome_user(command: WelcomeUser) -> CommandResult:
     return _retrying(work)
 
 
+def erase_user(command: EraseUser) -> CommandResult:
+    """Forget the user: destroy their key, drop every derived copy, record ``UserErased``.
+
+    Idempotent: erasing again destroys nothing more and records nothing. The read model
+    row is blanked by the projection when it handles ``UserErased``. Logs name the id.
+    """
+
+    def work() -> CommandResult:
+        # The stream row's lock before the load: concurrent writers of this user wait for
+        # the erasure (and are then refused), so a burst of updates cannot make it give up.
+        list(
+            Stream.objects.select_for_update().filter(stream_id=User.stream_id_for(command.user_id))
+        )
+        user = _load(command.user_id)
+        user.erase()
+        result = _save(user)
+        subject = str(user.id)
+        personal.erase_subject(subject)
+        EmailReservation.objects.filter(user_id=user.id).delete()
+        # A stored POST response replays the user as created (email and names), and its
+        # request hash is one of their data. Scrubbed, not deleted: a repeat of that POST
+        # is still refused (422) rather than creating the person again.
+        IdempotentRequest.objects.filter(body__id=subject).update(
+            body={"id": subject, "status": "erased"}, request_hash=""
+        )
+        personal.subject_erased.send(sender=User, subject=subject)
+        return result
+
+    result = _retrying(work)
+    logger.info("user %s erased (version %s)", command.user_id, result.version)
+    return result
+
+
 HANDLERS: dict[type, Callable[[Any], CommandResult]] = {
     CreateUser: create_user,
     UpdateUser: update_user,
     DeleteUser: delete_user,
     WelcomeUser: welcome_user,
+    EraseUser: erase_user,
 }
 
 
 def handle(command: Command) -> CommandResult:
     """Run the one handler of ``command``'s type."""
-    return HANDLERS[type(command)](command)
+    try:
+        return HANDLERS[type(command)](command)
+    except personal.SubjectErased:  # the key is gone (erasure on a keys database of its own)
+        raise UserIsErased(command.user_id) from None

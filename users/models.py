@@ -3,7 +3,8 @@
 ``UserRecord`` is the read model: written only by :mod:`users.projections`, rebuilt
 from the events by ``replay_projections``. ``EmailReservation`` belongs to the write
 side: handlers reserve a normalised email in the same transaction as the append, which
-is how a rule spanning many aggregates (one user per email) holds under concurrency.
+is how a rule spanning many aggregates (one user per email) holds under concurrency. It
+holds a keyed hash of the address, never the address (an erased user leaves nothing).
 ``ApiToken`` and ``IdempotentRequest`` serve the HTTP API.
 """
 
@@ -18,6 +19,7 @@ class UserRecord(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active"
         DELETED = "deleted"
+        ERASED = "erased"  # personal data forgotten: email and names are blank
 
     id = models.UUIDField(primary_key=True)
     email = models.TextField()
@@ -41,6 +43,10 @@ class UserRecord(models.Model):
             models.Index(fields=["-created_at", "id"], name="users_user_created_idx"),
             models.Index(fields=["last_name", "first_name"], name="users_user_name_idx"),
         ]
+        permissions = [
+            ("erase_user", "Can erase a user's personal data"),
+            ("export_user", "Can export everything stored about a user"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.first_name} {self.last_name} <{self.email}>"
@@ -51,9 +57,13 @@ class UserRecord(models.Model):
 
 
 class EmailReservation(models.Model):
-    """One row per email in use; the unique key is what makes emails unique."""
+    """One row per email in use; the unique key is what makes emails unique.
 
-    email = models.TextField(primary_key=True)
+    ``email_hash`` is the keyed hash (:func:`eventstore.personal.keyed_hash`) of the
+    normalised address: equal addresses clash, and the table holds no address.
+    """
+
+    email_hash = models.TextField(primary_key=True)
     user_id = models.UUIDField(unique=True)
     reserved_at = models.DateTimeField(db_default=Now())
 
@@ -61,7 +71,7 @@ class EmailReservation(models.Model):
         db_table = "users_email_reservation"
 
     def __str__(self) -> str:
-        return self.email
+        return self.email_hash
 
 
 class ApiToken(models.Model):

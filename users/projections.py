@@ -19,11 +19,12 @@ from django.db import connection
 
 from eventstore.store import RecordedEvent
 from eventstore.subscribers import Projection, handles
-from users.events import UserCreated, UserDeleted, UserUpdated, UserWelcomed
+from users.events import UserCreated, UserDeleted, UserErased, UserUpdated, UserWelcomed
 from users.models import UserRecord
 
 ACTIVE = UserRecord.Status.ACTIVE.value  # plain str values: psycopg dumps them as text
 DELETED = UserRecord.Status.DELETED.value
+ERASED = UserRecord.Status.ERASED.value
 
 
 @dataclass(slots=True)
@@ -135,3 +136,9 @@ class UserListProjection(Projection):
     @handles(UserWelcomed)
     def welcomed(self, row: UserRow, event: RecordedEvent) -> None:
         row.welcomed_at = event.data.welcomed_at
+
+    @handles(UserErased)
+    def erased(self, row: UserRow, event: RecordedEvent) -> None:
+        # Blank, not the events' "erased" marker: the row keeps nothing of the person.
+        row.email = row.first_name = row.last_name = ""
+        row.status = ERASED

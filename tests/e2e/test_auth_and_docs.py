@@ -163,6 +163,8 @@ class TestDocs:
             ("patch", "/v1/users/{user_id}"): {"200", "403", "404", "409", "412", "413", "415"},
             ("delete", "/v1/users/{user_id}"): {"204", "403", "404", "409", "412"},
             ("get", "/v1/users/{user_id}/events"): {"200", "404"},
+            ("post", "/v1/users/{user_id}/erase"): {"200", "403", "404", "409"},
+            ("get", "/v1/users/{user_id}/export"): {"200", "403", "404"},
         }
         listed = {
             (method, path): set(operation["responses"])

@@ -8,13 +8,17 @@ import sys
 from tests.processes import ROOT, child_env
 
 STRONG_KEY = "x7Qm2vR9pL4tZ8wK1nB6cF3hJ5gD0sA-yE+uI*oP!qW@rT#zX$vN%bM^kL&jH(gF)"
+PERSONAL_DATA = {
+    "PERSONAL_DATA_MASTER_KEYS": "cHJvZHVjdGlvbi1tYXN0ZXIta2V5LW9mLXRoZS10ZXN0",
+    "PERSONAL_DATA_HMAC_KEY": "production-hmac-key-of-the-test",
+}
 
 
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
-        env=child_env(DJANGO_SETTINGS_MODULE="config.settings", **env),
+        env=child_env(DJANGO_SETTINGS_MODULE="config.settings", **{**PERSONAL_DATA, **env}),
         capture_output=True,
         text=True,
         timeout=120,
@@ -48,3 +52,13 @@ def test_production_defaults_are_safe() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "[]", "True", "True", "True", "True"]
+
+
+def test_production_refuses_to_start_without_the_keys_of_personal_data() -> None:
+    for missing in PERSONAL_DATA:
+        result = manage(
+            "check", DJANGO_ENV="production", SECRET_KEY=STRONG_KEY, ALLOWED_HOSTS="x",
+            **{missing: ""},
+        )  # fmt: skip
+        assert result.returncode != 0
+        assert "PERSONAL_DATA_MASTER_KEYS and PERSONAL_DATA_HMAC_KEY must be set" in result.stderr

@@ -127,10 +127,10 @@ class TestUserCreate:
         new_user(api)  # checks the token
         with CaptureQueriesContext(connection) as queries:
             new_user(api)
-        # Django's cursor sees all but the append (a psycopg cursor of its own, after
-        # BEGIN). Neither takes a savepoint: the new event's id cannot be stored yet, so
-        # the append is no re-send to tell from a conflict, and an email clash aborts the
-        # whole command.
+        # Django's cursor sees all but the append and the user's key (psycopg cursors of
+        # their own, after BEGIN). None takes a savepoint: the new event's id cannot be
+        # stored yet, so the append is no re-send to tell from a conflict, and an email
+        # clash aborts the whole command.
         statements = [q["sql"].split()[0].upper() for q in queries]
         assert statements == ["BEGIN", "INSERT", "COMMIT"], [q["sql"] for q in queries]
         assert '"users_email_reservation"' in queries[1]["sql"]

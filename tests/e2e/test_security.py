@@ -21,6 +21,7 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 from rest_framework.throttling import AnonRateThrottle
 
+from eventstore import store
 from eventstore.models import Event, Stream
 from tests.conftest import grant
 from tests.e2e.helpers import assert_problem, new_user, project
@@ -30,6 +31,8 @@ from users.models import ApiToken, UserRecord
 pytestmark = pytest.mark.django_db(transaction=True)
 
 STAFF_ONLY = re.compile(r"^/v1/(events|streams/)")
+# Staff with a permission of their own (users.erase_user, users.export_user): superusers.
+PERSONAL_DATA = re.compile(r"^/v1/users/\{user_id\}/(erase|export)$")
 WRITE_METHODS = ("post", "put", "patch", "delete")
 
 
@@ -88,6 +91,14 @@ def existing(roles) -> dict[str, str]:
     return {"user_id": body["id"], "stream_id": f"user-{body['id']}"}
 
 
+def forbidden(role: str, path: str) -> bool:
+    # Staff status alone is not enough for the event feeds: the admin's view_event
+    # permission is; erasure and export take permissions of their own.
+    if role in ("client", "staff", "staff-session") and STAFF_ONLY.match(path):
+        return True
+    return not role.startswith("superuser") and bool(PERSONAL_DATA.match(path))
+
+
 def _call(client: APIClient, method: str, path: str, ids: dict[str, str]) -> Any:
     url = path.format(**ids)
     body = {"first_name": "Matrix"} if method in ("put", "patch", "post") else None
@@ -113,7 +124,10 @@ class TestPermissionMatrix:
         operations = set(schema_operations())
         assert {("get", "/v1/events"), ("get", "/v1/streams/{stream_id}")} <= operations
         assert {(m, "/v1/users/{user_id}") for m in ("get", "put", "patch", "delete")} <= operations
-        assert len(operations) == 9  # a new endpoint must be thought about here
+        assert {("post", "/v1/users/{user_id}/erase"), ("get", "/v1/users/{user_id}/export")} <= (
+            operations
+        )
+        assert len(operations) == 11  # a new endpoint must be thought about here
 
     @pytest.mark.parametrize(
         "role",
@@ -129,16 +143,17 @@ class TestPermissionMatrix:
     )
     def test_every_operation_for_every_role(self, roles, existing, role) -> None:
         client = roles[role]
-        # Deletes last, so the user exists for the other calls.
-        operations = sorted(schema_operations(), key=lambda op: op[0] == "delete")
+        # Deletes, then the erasure, last, so the user exists and can change for the others.
+        operations = sorted(
+            schema_operations(), key=lambda op: (op[1].endswith("/erase"), op[0] == "delete")
+        )
         for method, path in operations:
             response = _call(client, method, path, existing)
             where = f"{role}: {method.upper()} {path} -> {response.status_code}"
             if role == "anonymous":
                 assert response.status_code == 401, where
                 assert response["WWW-Authenticate"].startswith("Bearer"), where
-            elif role in ("client", "staff", "staff-session") and STAFF_ONLY.match(path):
-                # Staff status alone is not enough: the admin's view_event permission is.
+            elif forbidden(role, path):
                 assert response.status_code == 403, where
             else:
                 assert response.status_code in (200, 201, 204), where
@@ -333,6 +348,7 @@ QUERY_PARAMETERS = {
     "/v1/users": ["email", "status", "search", "ordering", "limit", "offset", "wait_for"],
     "/v1/users/{user_id}": ["wait_for"],
     "/v1/users/{user_id}/events": ["from_version", "limit"],
+    "/v1/users/{user_id}/export": [],
     "/v1/events": ["after", "limit", "category", "type"],
     "/v1/streams/{stream_id}": ["from_version", "limit"],
 }
@@ -407,8 +423,9 @@ class TestInjection:
         response = api.post("/v1/users", body, format="json")
         if response.status_code == 201:
             created = response.json()
-            stored = Event.objects.get(position=created["position"]).data
-            assert stored["first_name"] == stored["last_name"] == value.strip()
+            (stored,) = store.read_stream(f"user-{created['id']}")  # opened: personal fields
+            assert stored.position == created["position"]
+            assert stored.data.first_name == stored.data.last_name == value.strip()
         else:
             assert_problem(response, 400)
         assert_problem(

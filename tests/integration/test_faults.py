@@ -26,6 +26,7 @@ from django.db import connection, transaction
 
 from eventstore import store
 from eventstore.models import Event, Stream
+from eventstore.personal import keyed_hash
 from sagas.models import SagaInstance
 from tests.consistency import (
     Ack,
@@ -559,8 +560,8 @@ def test_statement_cancelled_mid_create_writes_nothing(api) -> None:
     key; pg_cancel_backend stops it there. 503, and the inserted rows are gone with it."""
     user_id = uuid.uuid4()
     body = {"id": str(user_id), "email": "held@example.com", "first_name": "A", "last_name": "B"}
-    held = "INSERT INTO users_email_reservation (email, user_id) VALUES (%s, %s)"
-    with _Holder(held, ["held@example.com", uuid.uuid4()]):
+    held = "INSERT INTO users_email_reservation (email_hash, user_id) VALUES (%s, %s)"
+    with _Holder(held, [keyed_hash("held@example.com"), uuid.uuid4()]):
         thread, out = _in_thread(lambda: api.post("/v1/users", body, format="json"))
         pid = _lock_waiter()
         assert _holds_lock_on(pid, "events")  # it did write into the events table
@@ -589,7 +590,9 @@ def test_connection_killed_mid_delete_writes_nothing(api) -> None:
         thread.join(30)
     assert_problem(out[0], 503)
     assert store.stream_version(f"user-{user_id}") == 0
-    assert EmailReservation.objects.filter(user_id=user_id, email="kept@example.com").exists()
+    assert EmailReservation.objects.filter(
+        user_id=user_id, email_hash=keyed_hash("kept@example.com")
+    ).exists()
     thread, out = _in_thread(lambda: api.delete(f"/v1/users/{user_id}"))  # a new connection
     thread.join(30)
     assert out[0].status_code == 204
@@ -604,12 +607,12 @@ def test_server_worker_killed_or_client_gone_mid_request(api, tmp_path) -> None:
     env = child_env(EMAIL_BACKEND=FILE_MAIL, EMAIL_FILE_PATH=str(tmp_path))
     web = Gunicorn(env, tmp_path / "web.log", workers=1)
     headers = {"Authorization": f"Bearer {api.token}"}
-    held = "INSERT INTO users_email_reservation (email, user_id) VALUES (%s, %s)"
+    held = "INSERT INTO users_email_reservation (email_hash, user_id) VALUES (%s, %s)"
     try:
         # 1. The server's worker dies mid-transaction.
         killed_id = uuid.uuid4()
         body = {"id": str(killed_id), "email": "w@example.com", "first_name": "A", "last_name": "B"}
-        with _Holder(held, ["w@example.com", uuid.uuid4()]):
+        with _Holder(held, [keyed_hash("w@example.com"), uuid.uuid4()]):
             thread, out = _in_thread(
                 lambda: requests.post(f"{web.url}/v1/users", json=body, headers=headers, timeout=60)
             )
@@ -626,7 +629,7 @@ def test_server_worker_killed_or_client_gone_mid_request(api, tmp_path) -> None:
         user_id = uuid.uuid4()
         body = {"id": str(user_id), "email": "c@example.com", "first_name": "A", "last_name": "B"}
         key = {"Idempotency-Key": str(uuid.uuid4()), **headers}
-        with _Holder(held, ["c@example.com", uuid.uuid4()]):
+        with _Holder(held, [keyed_hash("c@example.com"), uuid.uuid4()]):
             with pytest.raises(requests.Timeout):
                 requests.post(f"{web.url}/v1/users", json=body, headers=key, timeout=(5, 1))
             _lock_waiter()
