@@ -1,12 +1,14 @@
 """The one error shape of the API: problem details (RFC 9457) for every 4xx and 5xx.
 
-Domain errors are mapped to HTTP here, once, so views stay thin; anything unexpected
-becomes a 500 problem without a stack trace (the trace goes to the log).
+Each app maps its domain errors to HTTP once (:func:`translates`, from its
+``AppConfig.ready()``), so views stay thin and this module names no app; anything
+unexpected becomes a 500 problem without a stack trace (the trace goes to the log).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
@@ -18,9 +20,6 @@ from rest_framework import exceptions, status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
-
-from eventstore.errors import ConcurrencyError, InvalidAppend, InvalidCursor, StreamNotFound
-from users import errors as user_errors
 
 logger = logging.getLogger("api")
 
@@ -104,25 +103,27 @@ def problem(
     return body
 
 
+Translator = Callable[[Any], Exception]
+# (error classes, their translation), in registration order: the first that matches wins,
+# so an app registers a subclass before its base.
+_translators: list[tuple[tuple[type[Exception], ...], Translator]] = []
+
+
+def translates(*error_classes: type[Exception]) -> Callable[[Translator], Translator]:
+    """Register ``translate(error)`` as the API exception (or DRF one) for these errors."""
+
+    def register(translate: Translator) -> Translator:
+        _translators.append((error_classes, translate))
+        return translate
+
+    return register
+
+
 def _translate(exc: Exception) -> Exception:
     """Domain and store errors as the API exceptions they mean."""
-    if isinstance(exc, user_errors.InvalidUserData):
-        return exceptions.ValidationError(exc.errors)
-    if isinstance(exc, user_errors.StaleVersion):
-        error = PreconditionFailed(
-            f"The user changed after version {exc.expected} (it is at version {exc.actual}); "
-            "reload it and retry."
-        )
-        error.problem_extra = {"current_version": exc.actual}  # type: ignore[attr-defined]
-        return error
-    if isinstance(exc, (user_errors.UserNotFound, StreamNotFound)):
-        return exceptions.NotFound(str(exc))
-    if isinstance(exc, user_errors.UserError):
-        return Conflict(str(exc))
-    if isinstance(exc, ConcurrencyError):
-        return Conflict(f"{exc} (another change won the race); reload the resource and try again")
-    if isinstance(exc, (InvalidCursor, InvalidAppend)):
-        return exceptions.ValidationError({"detail": [str(exc)]})
+    for error_classes, translate in _translators:
+        if isinstance(exc, error_classes):
+            return translate(exc)
     if isinstance(exc, RequestDataTooBig):
         return PayloadTooLarge()
     if isinstance(exc, (OperationalError, InterfaceError)):

@@ -8,7 +8,10 @@ class UsersConfig(AppConfig):
 
     def ready(self) -> None:
         from eventstore import subscribers
-        from users import events  # noqa: F401  (registers the event types)
+        from users import (
+            api_errors,  # noqa: F401  (maps the domain errors to HTTP)
+            events,  # noqa: F401  (registers the event types)
+        )
         from users.projections import UserListProjection
 
         subscribers.register(UserListProjection())
