@@ -28,7 +28,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from sagas import dispatch, registry
+from sagas import dispatch, observe, registry
 from sagas.models import SagaInstance
 from sagas.registry import SagaType
 
@@ -132,16 +132,17 @@ def _run_one(instance: SagaInstance, saga: SagaType) -> str:
         return f"waiting for an event ({instance.step})"
     seen = (instance.status, instance.step)
     before = {field: copy.deepcopy(getattr(instance, field)) for field in STEP_FIELDS}
-    try:
-        with transaction.atomic():
-            step(instance)
-            instance.updated_at = timezone.now()
-            _save_step(instance, *seen, before)
-    except _ChangedMeanwhile:
-        return "changed meanwhile"
-    except Exception as exc:
-        return _record_failure(instance.pk, seen, exc, saga)
-    return instance.step
+    with observe.observed_step(instance, saga.name) as report:
+        try:
+            with transaction.atomic():
+                step(instance)
+                instance.updated_at = timezone.now()
+                _save_step(instance, *seen, before)
+        except _ChangedMeanwhile:
+            return report("changed meanwhile")
+        except Exception as exc:
+            return report(_record_failure(instance.pk, seen, exc, saga))
+        return report(instance.step)
 
 
 def _save_step(

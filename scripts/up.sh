@@ -220,6 +220,7 @@ else
         --error-logfile "$GUNICORN_LOG" \
         --access-logfile "$GUNICORN_ACCESS_LOG" \
         --capture-output \
+        --logger-class config.gunicorn_logging.Logger \
         "${control_socket[@]}" ||
         {
             show_log_tail "$GUNICORN_LOG"
