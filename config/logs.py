@@ -37,7 +37,6 @@ def _shared_processors() -> list[Any]:
         _drop_unknown,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.stdlib.ExtraAdder(),
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
     ]
 
@@ -49,7 +48,11 @@ def _renderer(fmt: str) -> list[Any]:
             structlog.processors.EventRenamer("message"),
             structlog.processors.JSONRenderer(),
         ]
-    return [structlog.dev.ConsoleRenderer(colors=False)]
+    return [
+        structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
+    ]
 
 
 def formatter(fmt: str) -> logging.Formatter:
