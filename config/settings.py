@@ -381,5 +381,5 @@ LOG_FORMAT = env.str("LOG_FORMAT", default="console" if DEBUG else "json")
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = logs.logging_config(LOG_FORMAT, LOG_LEVEL)
 # Traces go to this OTLP collector (http://host:4318 for http/protobuf, or grpc with
-# OTEL_EXPORTER_OTLP_PROTOCOL=grpc); unset, OpenTelemetry is not even imported.
+# OTEL_EXPORTER_OTLP_PROTOCOL=grpc); unset, no tracing code is loaded.
 OTEL_EXPORTER_OTLP_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")

@@ -1,6 +1,6 @@
 """OpenTelemetry traces, on only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
 
-Off, nothing here imports OpenTelemetry, so it costs nothing. On, each process (a
+Off, nothing here imports OpenTelemetry's SDK, exporters or instrumentations. On, each process (a
 gunicorn worker, a Celery worker) gets a tracer provider exporting in batches over OTLP
 (http/protobuf, or grpc when ``OTEL_EXPORTER_OTLP_PROTOCOL=grpc``; the exporter reads
 the other ``OTEL_*`` variables itself), and the Django, Celery, psycopg and Redis

@@ -1,7 +1,7 @@
 """Trace context through the events: stored at append, continued where they are handled.
 
-Tracing is on in a process when its OpenTelemetry SDK was set up (``config.tracing``
-imports it only then); otherwise these helpers do nothing and import nothing. An event's
+Tracing is on in a process when a tracer provider was set up (``config.tracing`` does,
+when configured); otherwise these helpers do nothing and import nothing. An event's
 metadata keeps the W3C ``traceparent`` (and ``tracestate``) of the span that appended
 it, so the subscriber batch and the saga step that handle it continue that trace.
 """
@@ -17,7 +17,12 @@ TRACE_KEYS = ("traceparent", "tracestate")
 
 
 def enabled() -> bool:
-    return "opentelemetry.sdk.trace" in sys.modules
+    """Whether a tracer provider was set in this process (other libraries, redis-py for
+    one, may import OpenTelemetry's API without anyone tracing)."""
+    trace = sys.modules.get("opentelemetry.trace")
+    return trace is not None and not isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider
+    )
 
 
 def carrier() -> dict[str, str]:
