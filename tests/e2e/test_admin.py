@@ -792,7 +792,8 @@ class TestDashboard:
         body = response.content.decode()
         assert '<span class="es-warn lag">2 behind</span>' in body
         assert 'class="es-warn lag-age"' in body
-        assert f'href="{admin_views.stream_url(parked.stream_id)}">note-boom</a> at Noted' in body
+        link = f'href="{admin_views.stream_url(parked.stream_id)}">note-boom</a>'
+        assert f"{link} at {parked.event_type} v0, 1 attempt" in body
 
     def test_totals_come_from_statistics_on_a_huge_table(self, admin_client, monkeypatch) -> None:
         for _ in range(3):
