@@ -137,3 +137,119 @@ def mail_folder(prefix: str) -> Path:
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir=shm if shm.is_dir() else None))
     atexit.register(shutil.rmtree, folder, True)
     return folder
+
+
+# --- shared by welcome.py, lag.py and partitions.py ---
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile of ``values`` (nearest rank), None when there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def stats_ms(values: list[float]) -> dict[str, Any]:
+    """Count, p50, p90, p99 and max of durations in seconds, as milliseconds."""
+
+    def ms(x: float | None) -> float | None:
+        return None if x is None else round(x * 1000, 1)
+
+    return {
+        "count": len(values),
+        "p50_ms": ms(percentile(values, 0.5)),
+        "p90_ms": ms(percentile(values, 0.9)),
+        "p99_ms": ms(percentile(values, 0.99)),
+        "max_ms": ms(max(values) if values else None),
+    }
+
+
+def loadavg() -> str:
+    """The machine's load averages (1, 5, 15 min) as ``uptime`` prints them."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def git_commit(root: Path) -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def recreate_database(url: str, dbname: str) -> None:
+    """DROP (with its sessions) and CREATE ``dbname`` on the server of ``url``."""
+    with connect(url, "postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {dbname}")
+
+
+def flush_redis(url: str) -> None:
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen:
+    """Start ``cmd`` in its own process group, its output appended to ``log``."""
+    with open(log, "a") as out:
+        return subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM (a warm shutdown for Celery), then SIGKILL of its whole group."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def wait_for_text(log: Path, text: str, count: int = 1, timeout: float = 60.0) -> None:
+    """Wait until ``text`` appears ``count`` times in ``log`` (a worker saying it is ready)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if log.read_text(errors="replace").count(text) >= count:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{log} did not say {text!r} {count} time(s) within {timeout} s")
+
+
+def celery_worker_cmd(python: str, queues: str, concurrency: int, pool: str = "prefork",
+                      name: str = "worker") -> list[str]:  # fmt: skip
+    """A Celery worker of the service (``config``), as scripts/up.sh starts one."""
+    return [
+        python, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO",
+        "--queues", queues, "--pool", pool, "--concurrency", str(concurrency),
+        "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
+def postgres_cpu_seconds(url: str) -> float:
+    """CPU seconds of every process of the PostgreSQL server at ``url`` (postmaster,
+    backends, background workers), from /proc: the server must run on this machine and
+    serve only the benchmark (bench/own_postgres.sh)."""
+    with connect(url, "postgres", autocommit=True) as conn:
+        data_dir = conn.execute("SHOW data_directory").fetchone()[0]
+    return tree_cpu_seconds(int(Path(data_dir, "postmaster.pid").read_text().split()[0]))
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its descendants, those that exited and were reaped
+    included (the kernel adds them to their parent's cutime and cstime; no double count:
+    a process in the tree is alive, so not yet in anyone's cutime)."""
+    total = 0.0
+    for current in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total

@@ -11,6 +11,7 @@ from celery.signals import (
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_shutdown,
 )
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -47,6 +48,30 @@ def _close_connections_after_failure(
         from django.db import connections
 
         connections.close_all()
+
+
+# Task metrics (config/metrics.py), imported when the first task runs: this module loads
+# before Django is set up.
+@task_prerun.connect
+def _task_metrics_start(**kwargs: Any) -> None:
+    from config import metrics
+
+    metrics.task_started(**kwargs)
+
+
+@task_postrun.connect
+def _task_metrics_end(**kwargs: Any) -> None:
+    from config import metrics
+
+    metrics.task_finished(**kwargs)
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _metrics_process_exited(**kwargs: Any) -> None:
+    from config import metrics
+
+    metrics.process_exited()
 
 
 @setup_logging.connect

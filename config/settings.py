@@ -375,6 +375,16 @@ SECURE_HSTS_PRELOAD = PRODUCTION
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$"]
 
+# --- Metrics (config/metrics.py; README, "Observability: metrics") -----------------------
+# Off: no request, task or event is counted and /metrics answers 404 (the benchmark's
+# reference run, bench/metrics_cost.py).
+METRICS_ENABLED = env.bool("METRICS_ENABLED", default=True)
+# A bearer token for Prometheus; empty: only staff with METRICS_PERMISSION may scrape.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_PERMISSION = "eventstore.view_metrics"
+if METRICS_ENABLED:
+    MIDDLEWARE.insert(0, "config.metrics.RequestMetricsMiddleware")
+
 # --- Logs, correlation, traces (config/logs.py, config/tracing.py; README "Observability") --
 # json: one JSON object per line (production's default); console: readable lines (DEBUG's).
 LOG_FORMAT = env.str("LOG_FORMAT", default="console" if DEBUG else "json")

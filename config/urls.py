@@ -9,7 +9,7 @@ from drf_spectacular.views import (
     SpectacularSwaggerSplitView,
 )
 
-from config import errors, health
+from config import errors, health, metrics
 
 # Django tries the patterns in order: the probes (one string each), then the API, which
 # takes nearly all the traffic, then the admin and the docs. The prefixes are disjoint,
@@ -17,6 +17,7 @@ from config import errors, health
 urlpatterns = [
     path("health", health.health, name="health"),
     path("ready", health.ready, name="ready"),
+    path("metrics", metrics.MetricsView.as_view(), name="metrics"),
     path("v1/", include("users.urls")),
     path("v1/", include("eventstore.urls")),
     # Whatever DEBUG says, an unknown API URL is a problem+json 404, never Django's HTML

@@ -356,12 +356,30 @@ def dashboard_data() -> dict[str, Any]:
         data = {
             "chart": _events_per_minute(),
             **_totals(),
-            "attention": [row for row in status.subscriber_status() if row["state"] != "caught up"],
+            "attention": _attention(),
             "computed_at": timezone.now(),
         }
         with contextlib.suppress(Exception):
             cache.set(DASHBOARD_CACHE_KEY, data, DASHBOARD_CACHE_SECONDS)
     return data
+
+
+DASHBOARD_PARKED_SHOWN = 5  # parked streams listed per subscriber; the rest are counted
+
+
+def _attention() -> list[dict[str, Any]]:
+    """Subscribers not caught up: their lag in events and seconds, and their parked
+    streams (the first few, each linked to its timeline)."""
+    rows = [
+        row for row in status.subscriber_status(parked_details=True) if row["state"] != "caught up"
+    ]
+    for row in rows:
+        parked = row.pop("parked_streams", [])
+        row["parked_shown"] = [
+            {**p, "url": stream_url(p["stream_id"])} for p in parked[:DASHBOARD_PARKED_SHOWN]
+        ]
+        row["parked_more"] = max(0, len(parked) - DASHBOARD_PARKED_SHOWN)
+    return rows
 
 
 CHART_WIDTH, CHART_HEIGHT, CHART_MINUTES = 600, 120, 60

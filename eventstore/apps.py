@@ -7,4 +7,7 @@ class EventStoreConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from eventstore import receivers  # noqa: F401  (connects the after-commit wake-up)
+        from eventstore import metrics, receivers  # noqa: F401  (connect their receivers)
+
+        # Read by config/metrics.py when Prometheus scrapes.
+        self.metrics_collectors = [metrics.SubscriberCollector()]

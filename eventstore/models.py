@@ -124,6 +124,8 @@ class Checkpoint(models.Model):
         # The admin calls the rows what they are to operators: subscribers' positions.
         verbose_name = "subscriber"
         verbose_name_plural = "subscribers"
+        # Scraping /metrics (config/metrics.py) shows every subscriber's progress and more.
+        permissions = [("view_metrics", "Can read the service's metrics (/metrics)")]
         constraints = [
             models.UniqueConstraint(fields=["name", "partition"], name="checkpoints_partition_uniq")
         ]

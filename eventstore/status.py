@@ -40,7 +40,9 @@ def subscriber_status(*, parked_details: bool = False) -> list[dict[str, Any]]:
 
     entries = []
     registered = {s.name: s for s in all_subscribers()}
-    total: int | None = None  # counted only for a subscriber that never ran (a full scan)
+    # Counted only for a subscriber that never ran (a full scan): every event, and the age
+    # of the oldest, are ahead of it.
+    total: tuple[int, float | None] | None = None
     for name in sorted(set(registered) | set(found)):
         subscriber = registered.get(name)
         rows = found.get(name, [])
@@ -60,9 +62,12 @@ def subscriber_status(*, parked_details: bool = False) -> list[dict[str, Any]]:
         if not rows:
             if total is None:
                 with connection.cursor() as cursor:
-                    cursor.execute("SELECT count(*) FROM events")
-                    total = cursor.fetchone()[0]
-            entry["lag"] = total
+                    cursor.execute(
+                        "SELECT count(*), extract(epoch FROM now() - min(recorded_at))::float "
+                        "FROM events"
+                    )
+                    total = cursor.fetchone()
+            entry["lag"], entry["lag_seconds"] = total
         entry["state"] = _state(entry, configured, stored)
         if parked_details:
             waiting = parking.waiting_counts(subscriber, parked) if subscriber else {}

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from django.db import connections, transaction
 from django.utils import timezone
 
-from eventstore import parking, store
+from eventstore import metrics, parking, store
 from eventstore.cursor import Cursor
 from eventstore.models import Checkpoint
 from eventstore.observe import log_batch, observed_batch
@@ -224,11 +224,15 @@ def run_batch(
     careful = False
     while True:
         try:
-            return _run_batch(partition, partition.subscriber.batch_size, careful, using, until)
+            outcome = _run_batch(partition, partition.subscriber.batch_size, careful, using, until)
         except _NoCheckpoint:
             ensure_checkpoints(partition.subscriber, using)
         except _BatchFailed:
+            metrics.subscriber_error(partition.name, partition.number, "batch")
             careful = True
+        else:
+            metrics.subscriber_error(partition.name, partition.number, "parked", outcome.parked)
+            return outcome
 
 
 def _take_wake_flag(partition: Partition, using: str) -> bool:

@@ -8,8 +8,11 @@ class SagasConfig(AppConfig):
 
     def ready(self) -> None:
         from sagas import (
+            metrics,
             personal,  # noqa: F401  (connects the erasure and export receivers)
             welcome,
         )
 
         welcome.register()
+        # Read by config/metrics.py when Prometheus scrapes.
+        self.metrics_collectors = [metrics.SagaInstancesCollector()]

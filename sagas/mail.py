@@ -25,6 +25,7 @@ from django.db import connection
 from django.utils import timezone
 
 from eventstore import personal, tracing
+from sagas import metrics
 from sagas.models import MailCooldown
 from sagas.runner import GiveUp, Retry
 
@@ -163,16 +164,23 @@ def send(message: EmailMessage) -> None:
         with tracing.span("email send", backend=settings.EMAIL_BACKEND):
             _deliver(message)
     except (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError) as exc:
+        metrics.email_failed("unreachable")
         _open_breaker()
         raise RelayDown(f"{type(exc).__name__}: {exc}") from exc
     except smtplib.SMTPException as exc:  # the relay answered: about this message
         reply = _permanent_reply(exc)
+        metrics.email_failed("error" if reply is None else "refused")
         if reply is not None:
             raise GiveUp(f"the mail relay refused the message: {reply}") from exc
         raise
     except OSError as exc:  # refused, unreachable, timed out (SMTPException is one too)
+        metrics.email_failed("unreachable")
         _open_breaker()
         raise RelayDown(f"{type(exc).__name__}: {exc}") from exc
+    except Exception:
+        metrics.email_failed("error")
+        raise
+    metrics.email_sent()
     _close_breaker()
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from sagas import dispatch, observe, registry
+from sagas import dispatch, metrics, observe, registry
 from sagas.models import SagaInstance
 from sagas.registry import SagaType
 
@@ -132,6 +133,7 @@ def _run_one(instance: SagaInstance, saga: SagaType) -> str:
         return f"waiting for an event ({instance.step})"
     seen = (instance.status, instance.step)
     before = {field: copy.deepcopy(getattr(instance, field)) for field in STEP_FIELDS}
+    started = time.perf_counter()
     with observe.observed_step(instance, saga.name) as report:
         try:
             with transaction.atomic():
@@ -139,9 +141,12 @@ def _run_one(instance: SagaInstance, saga: SagaType) -> str:
                 instance.updated_at = timezone.now()
                 _save_step(instance, *seen, before)
         except _ChangedMeanwhile:
+            metrics.step_timed(saga.name, seen[1], "changed", time.perf_counter() - started)
             return report("changed meanwhile")
         except Exception as exc:
+            metrics.step_timed(saga.name, seen[1], "failed", time.perf_counter() - started)
             return report(_record_failure(instance.pk, seen, exc, saga))
+        metrics.step_timed(saga.name, seen[1], "done", time.perf_counter() - started)
         return report(instance.step)
 
 

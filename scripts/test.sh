@@ -29,6 +29,12 @@ if [[ ! -x /usr/bin/chromium ]] && command -v apt-get >/dev/null && [[ $(id -u) 
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
         >/dev/null 2>&1 || warn "could not install chromium: the browser tests will skip"
 fi
+# Likewise Debian's Prometheus, which scrapes the service in tests/e2e/test_prometheus.py.
+if ! command -v prometheus >/dev/null && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+    info "installing Debian's prometheus for the metrics test"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; } \
+        >/dev/null 2>&1 || warn "could not install prometheus: the Prometheus test will skip"
+fi
 
 info "ruff check ."
 lint_failed=false

@@ -6,7 +6,7 @@
 # alone. Stop everything with scripts/down.sh.
 #
 # Settings: HOST (127.0.0.1), PORT (8000), WEB_CONCURRENCY (2), WEB_THREADS (4), MAIL_QUEUE (mail),
-# MAIL_WORKER_CONCURRENCY (20),
+# MAIL_WORKER_CONCURRENCY (20), PROMETHEUS_MULTIPROC_DIR (.data/metrics),
 # DJANGO_SUPERUSER_USERNAME / _EMAIL / _PASSWORD (admin / admin@example.com / admin);
 # see .env.example.
 set -euo pipefail
@@ -21,7 +21,7 @@ sync_venv
 load_config DATABASE_URL REDIS_URL HOST PORT WEB_CONCURRENCY WEB_THREADS MAIL_QUEUE \
     MAIL_WORKER_CONCURRENCY DJANGO_SUPERUSER_USERNAME DJANGO_SUPERUSER_EMAIL \
     DJANGO_SUPERUSER_PASSWORD DJANGO_ENV PERSONAL_DATA_MASTER_KEYS PERSONAL_DATA_HMAC_KEY \
-    PERSONAL_KEYS_DATABASE_URL
+    PERSONAL_KEYS_DATABASE_URL PROMETHEUS_MULTIPROC_DIR
 
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
@@ -191,6 +191,17 @@ else
     password_note="$DJANGO_SUPERUSER_PASSWORD (unless changed since up.sh created the user)"
 fi
 
+# --- metrics of many processes ------------------------------------------------------------
+# gunicorn's and Celery's processes write their counters to files here, which /metrics
+# adds up (config/metrics.py). Emptied when none of them runs: old files would count again.
+export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-$DATA/metrics}
+if ! live_pid "$GUNICORN_PIDFILE" gunicorn >/dev/null && ! live_pid "$WORKER_PIDFILE" celery >/dev/null &&
+    ! live_pid "$MAIL_WORKER_PIDFILE" celery >/dev/null && ! live_pid "$BEAT_PIDFILE" celery >/dev/null; then
+    mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+    find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -type f -delete
+fi
+mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+
 # --- gunicorn, Celery worker, Celery beat ----------------------------------------------
 if pid=$(live_pid "$GUNICORN_PIDFILE" gunicorn); then
     say "gunicorn already running (pid $pid)"
@@ -220,6 +231,7 @@ else
         --error-logfile "$GUNICORN_LOG" \
         --access-logfile "$GUNICORN_ACCESS_LOG" \
         --capture-output \
+        --config "$ROOT/config/gunicorn.py" \
         --logger-class config.gunicorn_logging.Logger \
         "${control_socket[@]}" ||
         {

@@ -156,14 +156,16 @@ def api_token(env: dict[str, str], username: str) -> str:
 class Gunicorn(Child):
     """The WSGI app served as in production (sync workers), on a free port."""
 
-    def __init__(self, env: dict[str, str], log: Path, workers: int = 2) -> None:
+    def __init__(
+        self, env: dict[str, str], log: Path, workers: int = 2, extra: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
         super().__init__(
             [
                 sys.executable, "-m", "gunicorn", "config.wsgi:application",
                 "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
                 "--worker-class", "sync", "--timeout", "60", "--graceful-timeout", "5",
-                "--no-control-socket", "--access-logfile", "-",
+                "--no-control-socket", "--access-logfile", "-", *extra,
             ],
             env,
             log,

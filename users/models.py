@@ -12,6 +12,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models.functions import Now
 
+from users.aggregate import User
+
 
 class UserRecord(models.Model):
     """The user list the API queries (one row per user stream)."""
@@ -53,7 +55,7 @@ class UserRecord(models.Model):
 
     @property
     def stream_id(self) -> str:
-        return f"user-{self.id}"
+        return User.stream_id_for(self.id)
 
 
 class EmailReservation(models.Model):

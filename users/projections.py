@@ -9,53 +9,58 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import field as dataclass_field
+from dataclasses import make_dataclass
+from enum import Enum
+from functools import cache
 from operator import attrgetter
+from typing import Any
 from uuid import UUID
 
 import psycopg
 from django.db import connection
+from django.db.models import Field
 
 from eventstore.store import RecordedEvent
 from eventstore.subscribers import Projection, handles
 from users.events import UserCreated, UserDeleted, UserErased, UserUpdated, UserWelcomed
 from users.models import UserRecord
 
-ACTIVE = UserRecord.Status.ACTIVE.value  # plain str values: psycopg dumps them as text
+ACTIVE = UserRecord.Status.ACTIVE.value
 DELETED = UserRecord.Status.DELETED.value
 ERASED = UserRecord.Status.ERASED.value
 
 
-@dataclass(slots=True)
-class UserRow:
-    """A ``users_user`` row while a batch is folded; the fields are its columns, in order."""
-
-    id: UUID
-    email: str = ""
-    first_name: str = ""
-    last_name: str = ""
-    status: str = ACTIVE
-    welcomed_at: datetime | None = None
-    version: int = -1
-    last_position: int = 0
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
+def _default(field: Field) -> Any:
+    value = field.get_default()
+    # Plain str values: psycopg would dump a TextChoices member as a PostgreSQL enum.
+    return value.value if isinstance(value, Enum) else value
 
 
-COLUMNS = tuple(UserRow.__slots__)  # == UserRecord's concrete fields (a test checks)
-_values = attrgetter(*COLUMNS)
+_FIELDS = UserRecord._meta.concrete_fields
+COLUMNS = tuple(field.column for field in _FIELDS)
+_values = attrgetter(*(field.attname for field in _FIELDS))
+
+# A ``users_user`` row while a batch is folded: the model's concrete fields, in order.
+UserRow = make_dataclass(
+    "UserRow",
+    [(field.attname, Any, dataclass_field(default=_default(field))) for field in _FIELDS],
+    slots=True,
+)
 
 # Unqualified ``users_user``: a replay's search_path points it at the scratch copy.
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM users_user WHERE id = ANY(%b)"
-_UPSERT = f"""
-    INSERT INTO users_user ({", ".join(COLUMNS)})
-    SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[],
-                         %b::timestamptz[], %b::int[], %b::bigint[], %b::timestamptz[],
-                         %b::timestamptz[])
-    ON CONFLICT (id) DO UPDATE SET
-        {", ".join(f"{column} = EXCLUDED.{column}" for column in COLUMNS[1:])}
-"""
+
+
+@cache
+def _upsert_sql() -> str:
+    """One statement for a batch: a column of values per field, unnested into rows."""
+    arrays = ", ".join(f"%b::{field.db_type(connection)}[]" for field in _FIELDS)
+    updates = ", ".join(f"{column} = EXCLUDED.{column}" for column in COLUMNS[1:])
+    return (
+        f"INSERT INTO users_user ({', '.join(COLUMNS)}) SELECT * FROM unnest({arrays}) "
+        f"ON CONFLICT (id) DO UPDATE SET {updates}"
+    )
 
 
 @contextmanager
@@ -86,7 +91,7 @@ def save_rows(rows: Iterable[UserRow]) -> None:
     columns = [list(column) for column in zip(*map(_values, rows), strict=True)]
     if columns:
         with _cursor() as cursor:
-            cursor.execute(_UPSERT, columns, prepare=True)
+            cursor.execute(_upsert_sql(), columns, prepare=True)
 
 
 class UserListProjection(Projection):

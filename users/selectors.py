@@ -13,11 +13,10 @@ from users import rules
 from users.errors import UserNotFound
 from users.models import UserRecord
 
-# The read model's columns as the API shows a user, in order (UserSerializer's fields).
-USER_FIELDS = (
-    "id", "email", "first_name", "last_name", "status", "welcomed_at",
-    "version", "created_at", "updated_at",
-)  # fmt: skip
+# The read model's columns as the API shows a user, in order: all but the bookkeeping.
+USER_FIELDS = tuple(
+    field.attname for field in UserRecord._meta.concrete_fields if field.name != "last_position"
+)
 
 
 def user_list(

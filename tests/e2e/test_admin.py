@@ -778,6 +778,23 @@ class TestDashboard:
         assert b"<html" in full.content
         assert b'id="es-chart"' in full.content
 
+    def test_attention_shows_lag_in_seconds_and_the_parked_streams(self, admin_client) -> None:
+        create_user()
+        catch_up("users")
+        parked = park_a_tally()
+        cache.delete(admin_views.DASHBOARD_CACHE_KEY)
+        response = admin_client.get(DASHBOARD + "?fragment=1")
+        rows = {row["name"]: row for row in response.context["attention"]}
+        saga = rows["welcome-saga"]  # never ran: its events wait, and they have an age
+        assert saga["lag"] == 2
+        assert saga["lag_seconds"] >= 0
+        assert [p["stream_id"] for p in rows["test-tally"]["parked_shown"]] == ["note-boom"]
+        body = response.content.decode()
+        assert '<span class="es-warn lag">2 behind</span>' in body
+        assert 'class="es-warn lag-age"' in body
+        link = f'href="{admin_views.stream_url(parked.stream_id)}">note-boom</a>'
+        assert f"{link} at {parked.event_type} v0, 1 attempt" in body
+
     def test_totals_come_from_statistics_on_a_huge_table(self, admin_client, monkeypatch) -> None:
         for _ in range(3):
             create_user()

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
+from celery.signals import task_postrun
 from django.db import connection
 
 from eventstore import subscribers, subscriptions
 from eventstore.models import Checkpoint, Event
 from eventstore.tasks import run_subscriber
-from tests.integration.test_subscriptions import tallies, write
+from tests.integration.test_subscriptions import in_slow_handler, tallies, write
 from tests.processes import (
     RedisServer,
     celery_beat,
@@ -33,12 +33,20 @@ def test_appends_wake_the_projection_through_the_worker(celery_worker) -> None:
 
 
 def test_duplicated_tasks_have_no_double_effect(celery_worker) -> None:
-    expected = write(20, 5)
-    for _ in range(20):
-        run_subscriber.delay("test-tally")
-    expected.update(write(5, 5))
-    wait_for(lambda: tallies() == expected, 20, "the worker to project every event")
-    time.sleep(0.5)  # let the duplicates run out; they must change nothing
+    finished: set[str] = set()
+
+    def note(task_id: str, **_: object) -> None:
+        finished.add(task_id)
+
+    task_postrun.connect(note, weak=False)  # the worker runs in this process
+    try:
+        expected = write(20, 5)
+        duplicates = {run_subscriber.delay("test-tally").id for _ in range(20)}
+        expected.update(write(5, 5))
+        wait_for(lambda: duplicates <= finished, 20, "every duplicate to have run")
+        wait_for(lambda: tallies() == expected, 20, "the worker to project every event")
+    finally:
+        task_postrun.disconnect(note)
     assert tallies() == expected
     assert Checkpoint.objects.get(name="test-tally").events_processed == 125
 
@@ -57,7 +65,7 @@ def test_worker_killed_mid_batch_leaves_a_correct_read_model(tmp_path) -> None:
             30,
             "the first batch to commit",
         )
-        time.sleep(0.4)  # well inside the next batch
+        wait_for(in_slow_handler, 30, "the worker to be inside its next batch")
     finally:
         worker.kill()
     processed = Checkpoint.objects.get(name="test-tally").events_processed

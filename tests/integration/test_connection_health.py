@@ -152,7 +152,16 @@ def test_the_projection_statements_are_prepared_once_per_session() -> None:
         projections.load_rows([uuid.uuid4()])
         email = f"p{n}@example.com"
         projections.save_rows(
-            [projections.UserRow(uuid.uuid4(), email, created_at=now, updated_at=now)]
+            [
+                projections.UserRow(
+                    uuid.uuid4(),
+                    email,
+                    version=0,
+                    last_position=n + 1,
+                    created_at=now,
+                    updated_at=now,
+                )
+            ]
         )
     statements = prepared()
     assert sorted(count for text, count in statements.items() if "users_user" in text) == [3, 3]

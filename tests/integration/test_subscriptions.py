@@ -14,6 +14,7 @@ from eventstore.models import Checkpoint, ParkedStream
 from eventstore.subscribers import ProcessManager, handles
 from tests.conftest import settle
 from tests.events import Noted
+from tests.processes import wait_for
 from tests.testapp.models import Switch, Tally
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -145,6 +146,17 @@ def test_a_failing_subscriber_does_not_block_others(tally, monkeypatch) -> None:
     assert len(seen) == 2
 
 
+def in_slow_handler() -> bool:
+    """Another session sits in a transaction right after the tally read its ``slow`` switch."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+            "AND datname = current_database() AND state = 'idle in transaction' "
+            "AND query LIKE '%%testapp_switch%%'"
+        )
+        return cursor.fetchone()[0] > 0
+
+
 def test_wake_up_while_the_holder_finishes_is_not_lost(tally) -> None:
     """An event committed while the running subscriber finishes its batch is processed
     by that run, although the wake-up it caused found the subscriber busy."""
@@ -162,7 +174,7 @@ def test_wake_up_while_the_holder_finishes_is_not_lost(tally) -> None:
 
     running = threading.Thread(target=holder)
     running.start()
-    time.sleep(0.2)  # the holder is inside its slow batch, holding the lock
+    wait_for(in_slow_handler, 30, "the holder to be inside its slow batch, holding the lock")
     late_stream = f"tally-{uuid.uuid4()}"
     store.append(late_stream, [Noted(text="late", n=7)])
     settle()
@@ -173,19 +185,26 @@ def test_wake_up_while_the_holder_finishes_is_not_lost(tally) -> None:
     assert tallies() == {slow_stream: (1, 0), late_stream: (1, 7)}
 
 
-def test_read_your_writes_waits_for_the_position(tally) -> None:
+def test_read_your_writes_waits_for_the_position(tally, monkeypatch) -> None:
     result = store.append(f"tally-{uuid.uuid4()}", [Noted(text="x")])
     settle()
     subscriptions.ensure_checkpoints(tally)
     assert not progress.wait_until_processed(tally, result.last_position, timeout=0.05)
+    checks = []
+    state_of = progress.state_of
+    monkeypatch.setattr(progress, "state_of", lambda *a: checks.append(1) or state_of(*a))
+    answer = []
 
-    def later() -> None:
-        time.sleep(0.2)
-        subscriptions.catch_up(tally)
+    def reader() -> None:
+        answer.append(progress.wait_until_processed(tally, result.last_position, timeout=30))
         connections.close_all()
 
-    threading.Thread(target=later).start()
-    assert progress.wait_until_processed(tally, result.last_position, timeout=5)
+    waiting = threading.Thread(target=reader)
+    waiting.start()
+    wait_for(lambda: checks, 10, "the reader to find the position not yet processed")
+    subscriptions.catch_up(tally)
+    waiting.join()
+    assert answer == [True]
 
 
 class TestReplay:
