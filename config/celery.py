@@ -5,8 +5,11 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import (
+    setup_logging,
     task_postrun,
     task_prerun,
+    worker_init,
+    worker_process_init,
     worker_process_shutdown,
     worker_shutdown,
 )
@@ -69,3 +72,36 @@ def _metrics_process_exited(**kwargs: Any) -> None:
     from config import metrics
 
     metrics.process_exited()
+
+
+@setup_logging.connect
+def _logging(logfile: str | None = None, **kwargs: Any) -> None:
+    """Django's LOGGING (config/logs.py), not Celery's own: one format for every process.
+    Celery then leaves stdout alone, so what prints there (the console email backend's
+    messages) stays plain output, not WARNING log records."""
+    from config import logs
+
+    logs.configure_from_settings(logfile)
+
+
+@worker_init.connect
+def _tracing_in_worker(**kwargs: Any) -> None:
+    """Traces, when configured (config/tracing.py). Set up before the pool forks: the
+    span processor starts its thread again in each child."""
+    from config import tracing
+
+    tracing.setup("worker")
+
+
+@worker_process_init.connect
+def _tracing_in_child(**kwargs: Any) -> None:
+    from config import tracing
+
+    tracing.setup("worker")
+
+
+@worker_process_shutdown.connect
+def _flush_traces(**kwargs: Any) -> None:
+    from config import tracing
+
+    tracing.flush()

@@ -14,6 +14,8 @@ import environ
 from csp.constants import NONCE, NONE, SELF
 from kombu import Queue
 
+from config import logs
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = BASE_DIR / ".data"
 
@@ -54,6 +56,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every answer, the guards' too, carries the request and correlation ids.
+    "config.request_context.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "config.middleware.ContentSecurityPolicyMiddleware",
     "config.middleware.BodySizeLimitMiddleware",
@@ -381,16 +385,11 @@ METRICS_PERMISSION = "eventstore.view_metrics"
 if METRICS_ENABLED:
     MIDDLEWARE.insert(0, "config.metrics.RequestMetricsMiddleware")
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    # Django's own console handler would print request warnings a second time.
-    "loggers": {
-        "django": {"handlers": [], "propagate": True, "level": "INFO"},
-        # django-axes says INFO about every login; failures and lockouts are WARNING.
-        "axes": {"level": "WARNING"},
-    },
-}
+# --- Logs, correlation, traces (config/logs.py, config/tracing.py; README "Observability") --
+# json: one JSON object per line (production's default); console: readable lines (DEBUG's).
+LOG_FORMAT = env.str("LOG_FORMAT", default="console" if DEBUG else "json")
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = logs.logging_config(LOG_FORMAT, LOG_LEVEL)
+# Traces go to this OTLP collector (http://host:4318 for http/protobuf, or grpc with
+# OTEL_EXPORTER_OTLP_PROTOCOL=grpc); unset, no tracing code is loaded.
+OTEL_EXPORTER_OTLP_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")

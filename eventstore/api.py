@@ -36,10 +36,14 @@ CORRELATION_HEADER = "X-Correlation-ID"
 
 @contextlib.contextmanager
 def command_context(request: Request) -> Iterator[MessageContext]:
-    """Metadata for the events a request causes: who, and which conversation."""
-    correlation = None
+    """Metadata for the events a request causes: who, and which conversation.
+
+    The conversation is ``request.correlation_id`` when a middleware set it (from the
+    client's header, or a new one it echoes), else the header itself, else the command.
+    """
+    correlation = getattr(request, "correlation_id", None)
     raw = request.headers.get(CORRELATION_HEADER)
-    if raw:
+    if correlation is None and raw:
         try:
             correlation = uuid.UUID(raw)
         except ValueError:

@@ -32,7 +32,7 @@ import msgspec
 import psycopg
 from django.db import IntegrityError, connections, transaction
 
-from eventstore import personal, signals
+from eventstore import personal, signals, tracing
 from eventstore.context import current_context
 from eventstore.cursor import Cursor
 from eventstore.errors import (
@@ -246,7 +246,8 @@ def append(
     # versions is no error (no row comes back); a deadlock or a timeout still is, and then
     # the caller's transaction, not a savepoint, is what rolls back.
     fresh_ids = not any(isinstance(e, NewEvent) for e in events)
-    context_metadata = current_context().as_metadata()
+    # The trace context too (when tracing is on), so those who handle the events continue it.
+    context_metadata = {**current_context().as_metadata(), **tracing.carrier()}
     params: dict[str, Any] = {
         "stream_id": stream_id,
         "category": category_of(stream_id),

@@ -23,6 +23,7 @@ from django.utils import timezone
 from eventstore import metrics, parking, store
 from eventstore.cursor import Cursor
 from eventstore.models import Checkpoint
+from eventstore.observe import log_batch, observed_batch
 from eventstore.parking import TRANSIENT
 from eventstore.store import RecordedEvent, Undecodable
 from eventstore.subscribers import Partition, Subscriber, all_subscribers, partitions_of
@@ -200,12 +201,15 @@ def _run_batch(
             keep_undecodable=True,
             using=using,
         )
-        processed, parks = _handle(partition.subscriber, page.events, careful)
+        with observed_batch(partition, page.events):
+            processed, parks = _handle(partition.subscriber, page.events, careful)
         parking.park(partition, parks, using)
         if page.events or page.next_cursor != position:
             last = page.events[-1] if page.events else None
             advance(partition, page.next_cursor, processed, last, using)
-        return BatchOutcome(processed=processed, parked=len(parks), more=page.is_full)
+    if page.events:
+        log_batch(partition, page.events, processed, len(parks))
+    return BatchOutcome(processed=processed, parked=len(parks), more=page.is_full)
 
 
 def run_batch(

@@ -24,7 +24,7 @@ from django.core.mail.backends.smtp import EmailBackend as SmtpBackend
 from django.db import connection
 from django.utils import timezone
 
-from eventstore import personal
+from eventstore import personal, tracing
 from sagas import metrics
 from sagas.models import MailCooldown
 from sagas.runner import GiveUp, Retry
@@ -161,7 +161,8 @@ def send(message: EmailMessage) -> None:
         # Spread the waiting sends over a moment, so the relay is not hit all at once.
         raise Retry(wait + random.uniform(0, 2.0), "the mail relay is unreachable", counts=False)
     try:
-        _deliver(message)
+        with tracing.span("email send", backend=settings.EMAIL_BACKEND):
+            _deliver(message)
     except (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError) as exc:
         metrics.email_failed("unreachable")
         _open_breaker()

@@ -29,7 +29,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from sagas import dispatch, metrics, registry
+from sagas import dispatch, metrics, observe, registry
 from sagas.models import SagaInstance
 from sagas.registry import SagaType
 
@@ -134,19 +134,20 @@ def _run_one(instance: SagaInstance, saga: SagaType) -> str:
     seen = (instance.status, instance.step)
     before = {field: copy.deepcopy(getattr(instance, field)) for field in STEP_FIELDS}
     started = time.perf_counter()
-    try:
-        with transaction.atomic():
-            step(instance)
-            instance.updated_at = timezone.now()
-            _save_step(instance, *seen, before)
-    except _ChangedMeanwhile:
-        metrics.step_timed(saga.name, seen[1], "changed", time.perf_counter() - started)
-        return "changed meanwhile"
-    except Exception as exc:
-        metrics.step_timed(saga.name, seen[1], "failed", time.perf_counter() - started)
-        return _record_failure(instance.pk, seen, exc, saga)
-    metrics.step_timed(saga.name, seen[1], "done", time.perf_counter() - started)
-    return instance.step
+    with observe.observed_step(instance, saga.name) as report:
+        try:
+            with transaction.atomic():
+                step(instance)
+                instance.updated_at = timezone.now()
+                _save_step(instance, *seen, before)
+        except _ChangedMeanwhile:
+            metrics.step_timed(saga.name, seen[1], "changed", time.perf_counter() - started)
+            return report("changed meanwhile")
+        except Exception as exc:
+            metrics.step_timed(saga.name, seen[1], "failed", time.perf_counter() - started)
+            return report(_record_failure(instance.pk, seen, exc, saga))
+        metrics.step_timed(saga.name, seen[1], "done", time.perf_counter() - started)
+        return report(instance.step)
 
 
 def _save_step(

@@ -15,6 +15,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import structlog
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
@@ -26,7 +27,7 @@ from eventstore.context import message_context
 from eventstore.errors import StreamNotFound
 from eventstore.store import RecordedEvent
 from eventstore.subscribers import ProcessManager, handles
-from sagas import dispatch, mail, registry, runner
+from sagas import dispatch, mail, observe, registry, runner
 from sagas.models import SagaInstance
 from users import handlers
 from users.aggregate import User
@@ -38,6 +39,7 @@ SAGA_TYPE = "welcome"
 WELCOME, SEND_EMAIL, DONE = "welcome", "send_email", "done"
 TEMPLATE = "sagas/welcome_email"
 _COMMAND_NAMESPACE = uuid.UUID("0b5e7d1c-6a41-4f0e-9a53-9f1c2b7d4e10")
+logger = structlog.stdlib.get_logger(__name__)
 
 
 class WelcomeSaga(ProcessManager):
@@ -91,6 +93,7 @@ class WelcomeSaga(ProcessManager):
             data={
                 "created_event_id": str(event.event_id),
                 "correlation_id": event.metadata.get("correlation_id"),
+                **observe.trace_context(event.metadata),
             },
         )
         instances[key] = instance
@@ -165,9 +168,11 @@ def email_step(instance: SagaInstance) -> None:
     if mail.claim_cooldown(SAGA_TYPE, user.email, settings.WELCOME_EMAIL_COOLDOWN_SECONDS):
         mail.send(_message(instance, user))
         mail.record_sent(SAGA_TYPE, user.email)
+        logger.info("email sent", user_id=instance.correlation_key, template=TEMPLATE)
         sent: dict[str, Any] = {"email_sent_at": now.isoformat(), "template": TEMPLATE}
     else:
         sent = {"email_skipped": "this address had a welcome within the cooldown"}
+        logger.info("email skipped", user_id=instance.correlation_key, reason="cooldown")
     instance.data = {**instance.data, **sent}
     instance.status = SagaInstance.Status.COMPLETED
     instance.step = DONE

@@ -232,6 +232,7 @@ else
         --access-logfile "$GUNICORN_ACCESS_LOG" \
         --capture-output \
         --config "$ROOT/config/gunicorn.py" \
+        --logger-class config.gunicorn_logging.Logger \
         "${control_socket[@]}" ||
         {
             show_log_tail "$GUNICORN_LOG"

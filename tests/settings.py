@@ -15,3 +15,5 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # Fixed test keys of personal data (tests that rotate add their own in front).
 PERSONAL_DATA_MASTER_KEYS = ["dGVzdC1tYXN0ZXIta2V5LW9mLXBlcnNvbmFsLWRhdGE="]
 PERSONAL_DATA_HMAC_KEY = "test-hmac-key-of-personal-data"
+# Processes started by tests may export their spans with a test exporter (tests/tracing.py).
+TRACING_EXPORTER_FACTORY = env.str("TEST_TRACING_EXPORTER", default="")
