@@ -487,7 +487,9 @@ def run_one(partitions: int, args) -> dict[str, Any]:
         for child in children:
             if child.is_alive():
                 child.terminate()
-    errors = (workdir / "worker.log").read_text(errors="replace").count("ERROR")
+    log = (workdir / "worker.log").read_text(errors="replace")
+    # Console lines say "[error ]", JSON lines '"level": "error"'.
+    errors = log.count("[error") + log.count('"level": "error"')
     if not errors:
         shutil.rmtree(workdir, ignore_errors=True)
     summary = analyse(poller_report["samples"], monitor_report["series"], start_at, args)
