@@ -183,6 +183,15 @@ _ENSURE_SQL = {
     ),
 }
 
+# The key of the subject of a stream's first event, if it is sealed ('<subject>:<token>',
+# split at the last colon as the reader does). A stream read sends it in the same round
+# trip as its own statement: a stream's events are mostly one person's.
+_STREAM_KEY_SQL = f"""
+    SELECT subject, wrapped_key, master_key_id FROM {TABLE}
+    WHERE subject = (SELECT substring(data->>'{SEALED}' FROM '^(.*):[^:]*$') FROM events
+                     WHERE stream_id = %s ORDER BY version LIMIT 1)
+"""
+
 _ERASE_SQL = f"""
     INSERT INTO {TABLE} (subject, wrapped_key, master_key_id, created_at, erased_at)
     VALUES (%s, NULL, '', now(), now())
@@ -258,6 +267,16 @@ class KeyRing:
         for subject in missing:
             if self._ciphers.get(subject) is None:
                 raise SubjectErased(subject)
+
+    def stream_key_sql(self, using: str) -> str | None:
+        """A statement to send with a read of stream ``%s`` on ``using``, its rows for
+        :meth:`add`: the key of the stream's first sealed subject. None when the keys live
+        in a database of their own."""
+        return _STREAM_KEY_SQL if self.alias == using else None
+
+    def add(self, rows: Iterable[tuple[str, bytes | None, str]]) -> None:
+        """Hold the keys of these ``personal_keys`` rows (subject, wrapped key, master id)."""
+        self._add(rows)
 
     def forget(self, subject: str) -> None:
         """The subject's key is gone: from now on this ring reads its fields as erased."""
