@@ -413,45 +413,44 @@ class Undecodable:
     error: str
 
 
-def _keys_for(datas: Iterable[str], using: str) -> personal.KeyRing:
-    """A key ring holding the keys these stored payloads (a feed page: many people's)
-    need, fetched in one query."""
-    keys = personal.keyring(using)
-    keys.prefetch(personal.sealed_subjects(datas))
-    return keys
-
-
-def _decode(
-    row: Sequence[Any],
+def _events(
+    rows: Sequence[Sequence[Any]],
+    keys: personal.KeyRing,
     lenient: bool = False,
-    keys: personal.KeyRing | None = None,
     keep: bool = False,
-) -> RecordedEvent:
-    position, xid, stream_id, version, event_id, event_type, schema_version, data, meta, at = row
-    try:
-        payload = registry.decode(event_type, schema_version, data, keys)
-    except (UnknownEventType, EventDecodingError) as exc:
+) -> list[RecordedEvent]:
+    """Rows of ``_COLUMNS`` as RecordedEvents, their payloads decoded together (one key
+    query for all the people they seal)."""
+
+    def undecodable(exc: Exception, item: Sequence[Any]) -> Any:
         if keep:  # a subscriber's read: it parks the stream instead of stopping
-            payload = Undecodable(f"{type(exc).__name__}: {exc}")
-        elif lenient:
-            # Only for showing events (staff pages, the feed API): an event written by a
-            # newer release, or one this release cannot read, is shown as stored rather
-            # than breaking the page. Subscribers and aggregates never read leniently.
-            logger.warning("showing event %s as stored: %s", position, exc)
-            payload = msgspec.json.decode(data)
-        else:
-            raise
-    return RecordedEvent(  # positional: keywords cost a frozen dataclass more, per event
-        position,
-        Cursor(int(xid), position),
-        stream_id,
-        version,
-        event_id,
-        event_type,
-        payload,
-        _metadata_decoder.decode(meta),
-        at,
-    )
+            return Undecodable(f"{type(exc).__name__}: {exc}")
+        # Only for showing events (staff pages, the feed API): an event written by a
+        # newer release, or one this release cannot read, is shown as stored rather
+        # than breaking the page. Subscribers and aggregates never read leniently.
+        logger.warning("showing event %s as stored: %s", item[3], exc)
+        return msgspec.json.decode(item[2])
+
+    items = [(row[5], row[6], row[7], row[0]) for row in rows]
+    payloads = registry.decode_all(items, keys, undecodable if keep or lenient else None)
+    decode_meta = _metadata_decoder.decode
+    events = []
+    for row, payload in zip(rows, payloads, strict=True):
+        position, xid, stream_id, version, event_id, event_type, _, _, meta, at = row
+        events.append(
+            RecordedEvent(  # positional: keywords cost a frozen dataclass more, per event
+                position,
+                Cursor(int(xid), position),
+                stream_id,
+                version,
+                event_id,
+                event_type,
+                payload,
+                decode_meta(meta),
+                at,
+            )
+        )
+    return events
 
 
 def shown_payload(
@@ -463,9 +462,9 @@ def shown_payload(
     cannot read is shown as stored.
     """
     text = data if isinstance(data, str) else _metadata_encoder.encode(data).decode()
-    keys = _keys_for([text], using)
     try:
-        return msgspec.to_builtins(registry.decode(event_type, schema_version, text, keys))
+        payload = registry.decode_all([(event_type, schema_version, text)], personal.keyring(using))
+        return msgspec.to_builtins(payload[0])
     except (UnknownEventType, EventDecodingError):
         return data
 
@@ -507,24 +506,40 @@ def read_stream(
     with _events_cursor(using) as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    keys = personal.keyring(using)  # a stream's events are one person's: fetched at first use
-    return [_decode(row, lenient, keys) for row in rows]
+    return _events(rows, personal.keyring(using), lenient)
+
+
+_STREAM_PAYLOADS_SQL = (
+    "SELECT event_type, schema_version, data::text, version FROM events "
+    "WHERE stream_id = %s ORDER BY version"
+)
 
 
 def load_stream_payloads(stream_id: str, *, using: str = "default") -> list[tuple[int, Any]]:
-    """(version, event) pairs of a whole stream: the lean read used to rebuild aggregates."""
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            "SELECT version, event_type, schema_version, data::text FROM events "
-            "WHERE stream_id = %s ORDER BY version",
-            [stream_id],
-        )
+    """(version, event) pairs of a whole stream: the lean read used to rebuild aggregates.
+
+    With the keys in this database, the key of the stream's person comes in the same
+    round trip (a pipeline of two statements); a load is one round trip, as without
+    personal data.
+    """
+    keys = personal.keyring(using)
+    key_sql = keys.stream_key_sql(using)
+    connection = connections[using]
+    connection.ensure_connection()
+    conn = connection.connection
+    with connection.wrap_database_errors, psycopg.Cursor(conn) as cursor:
+        if key_sql is None:
+            cursor.execute(_STREAM_PAYLOADS_SQL, [stream_id], prepare=True)
+        else:
+            with conn.pipeline(), psycopg.Cursor(conn) as key_cursor:
+                cursor.execute(_STREAM_PAYLOADS_SQL, [stream_id], prepare=True)
+                key_cursor.execute(key_sql, [stream_id], prepare=True, binary=True)
+                keys.add(key_cursor.fetchall())
         rows = cursor.fetchall()
     if not rows:
         raise StreamNotFound(stream_id)
-    keys = personal.keyring(using)  # a stream's events are one person's: fetched at first use
-    decode = registry.decode
-    return [(version, decode(kind, schema, data, keys)) for version, kind, schema, data in rows]
+    payloads = registry.decode_all(rows, keys)
+    return [(row[3], payload) for row, payload in zip(rows, payloads, strict=True)]
 
 
 # One statement, so the horizon and the rows come from the same snapshot: reading the
@@ -603,11 +618,8 @@ def read_all(
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     horizon = Cursor(int(rows[0][0]), 0)
-    # Column 8 is the stored payload (data), after the horizon and the seven before it.
-    keys = _keys_for((row[8] for row in rows if row[1] is not None), using)
-    events = [
-        _decode(row[1:], lenient, keys, keep_undecodable) for row in rows if row[1] is not None
-    ]
+    rows = [row[1:] for row in rows if row[1] is not None]  # without the horizon
+    events = _events(rows, personal.keyring(using), lenient, keep_undecodable)
     if len(events) == params["limit"]:
         next_cursor = events[-1].cursor
     else:
@@ -667,8 +679,7 @@ def read_waiting(
              str(until.transaction_id), until.position],
         )  # fmt: skip
         rows = cursor.fetchall()
-    keys = personal.keyring(using)  # one stream: one person's key, fetched at first use
-    return [_decode(row, keys=keys, keep=True) for row in rows]
+    return _events(rows, personal.keyring(using), keep=True)
 
 
 def read_category(

@@ -17,10 +17,11 @@ opened fields are joined to the rest of the text and decoded once into the class
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -30,6 +31,8 @@ from eventstore.errors import EventDecodingError, EventSerializationError, Unkno
 
 T = TypeVar("T")
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+Opener = tuple[Callable[[bytes, bytes, bytes], bytes], bytes]
+"""A subject's AES-GCM ``decrypt`` for one event type and the associated data it takes."""
 
 _encoder = msgspec.json.Encoder(decimal_format="string", uuid_format="canonical")
 
@@ -37,6 +40,8 @@ SEALED = "#"
 """The member of a stored payload that holds its sealed personal fields."""
 ERASED = "[erased]"
 """What a personal text field reads as once its subject's key is destroyed."""
+NONCE_BYTES = 12
+"""A sealed token is the base64 of the AES-GCM nonce (this long) and the ciphertext."""
 _SEALED_PREFIX = '{"#":'
 _SEALED_PREFIX_BYTES = _SEALED_PREFIX.encode()
 
@@ -51,6 +56,14 @@ class KeyRing(Protocol):
 
         Raises EventDecodingError for a token that does not open with a key it has.
         """
+        ...
+
+    def opener(self, subject: str, context: str) -> Opener | None:
+        """What opens the subject's tokens of ``context``, or None when its key is gone."""
+        ...
+
+    def prefetch(self, subjects: Iterable[str]) -> None:
+        """Fetch the keys of ``subjects`` at once (a read's), before opening their tokens."""
         ...
 
 
@@ -200,6 +213,84 @@ class EventRegistry:
             return self._decode_sealed(entry, version, data, keys)
         except msgspec.ValidationError as exc:
             raise EventDecodingError(f"stored {name} (v{version}) is not valid: {exc}") from exc
+
+    def decode_all(
+        self,
+        rows: Sequence[Sequence[Any]],
+        keys: KeyRing | None = None,
+        on_error: Callable[[Exception, Sequence[Any]], Any] | None = None,
+    ) -> list[Any]:
+        """:meth:`decode` of each ``(name, version, data, ...)`` of one read (a stream, a
+        feed page), in order.
+
+        Per read, not per event: the keys of every sealed payload are fetched in one
+        query, each sealed member is split once, and each type's entry and each (type,
+        subject)'s opener are looked up once. Anything but a current, well-formed payload
+        goes through :meth:`decode`, so errors read exactly as there: raised, or, with
+        ``on_error``, an unknown type or undecodable payload becomes what it returns for
+        that row.
+        """
+        # As in decode: a sealed payload reads '{"#": "<subject>:<token>", ...the rest}';
+        # its sealed member ends at the next quote unless that one is escaped.
+        sealed: list[tuple[str, str, int] | None] = []
+        if keys is not None:
+            skip = len(_SEALED_PREFIX)
+            subjects = set()
+            for row in rows:
+                data = row[2]
+                if data.__class__ is str and data.startswith(_SEALED_PREFIX):
+                    start = data.find('"', skip) + 1
+                    end = data.find('"', start)
+                    if start and end > start and data[end - 1] != "\\":
+                        subject, _, token = data[start:end].rpartition(":")
+                        subjects.add(subject)
+                        sealed.append((subject, token, end))
+                        continue
+                sealed.append(None)
+            if subjects:
+                keys.prefetch(subjects)
+        else:
+            sealed = [None] * len(rows)
+
+        entries: dict[str, EventType] = {}
+        openers: dict[tuple[str, str], Opener | None] = {}
+        decode = self.decode
+        a2b = binascii.a2b_base64
+        decoded: list[Any] = []
+        append = decoded.append
+        for row, parts in zip(rows, sealed, strict=True):
+            name, version, data = row[0], row[1], row[2]
+            entry = entries.get(name)
+            if entry is not None and version == entry.version:
+                if parts is not None:
+                    subject, token, end = parts
+                    try:
+                        opener = openers[name, subject]
+                    except KeyError:
+                        opener = openers[name, subject] = keys.opener(subject, name)  # type: ignore[union-attr]
+                    if opener is not None:
+                        try:
+                            raw = a2b(token)
+                            plain = opener[0](raw[:NONCE_BYTES], raw[NONCE_BYTES:], opener[1])
+                            append(entry.decoder.decode(plain[:-1].decode() + data[end + 1 :]))
+                            continue
+                        except Exception:  # decode reports it
+                            pass
+                elif data.__class__ is str and not data.startswith(_SEALED_PREFIX):
+                    try:
+                        append(entry.decoder.decode(data))
+                        continue
+                    except msgspec.ValidationError:
+                        pass
+            try:
+                append(decode(name, version, data, keys))
+                if entry is None:
+                    entries[name] = self.lookup(name)
+            except (UnknownEventType, EventDecodingError) as exc:
+                if on_error is None:
+                    raise
+                append(on_error(exc, row))
+        return decoded
 
     def _decode_sealed(self, entry: EventType, version: int, text: str, keys: KeyRing) -> Any:
         """The general case: an erased subject, an older version, an unusual text."""

@@ -140,6 +140,46 @@ def test_a_sealed_payload_without_keys_is_an_error_never_erased() -> None:
         registry.encode(event)
 
 
+def _outcome(decode: Any) -> Any:
+    try:
+        return decode()
+    except Exception as exc:  # compared by type and message
+        return (type(exc), str(exc))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    events=st.lists(any_event, min_size=1, max_size=12),
+    forgotten=st.sets(st.integers(0, 11)),
+    tampered=st.sets(st.integers(0, 11)),
+)
+def test_a_read_decodes_its_events_together_as_one_by_one(
+    events: list[Any], forgotten: set[int], tampered: set[int]
+) -> None:
+    """decode_all, the path of stream and feed reads, reads each payload as decode does:
+    erased subjects, tampered tokens and plaintext alike, errors included."""
+    keys = MemoryKeyRing()
+    rows = []
+    for index, event in enumerate(events):
+        entry, text = registry.encode(event, keys)
+        stored = json.loads(text)
+        if index in tampered and SEALED in stored:  # a token that no longer authenticates
+            subject, _, token = stored[SEALED].rpartition(":")
+            stored[SEALED] = f"{subject}:{token[::-1]}"
+        rows.append((entry.name, entry.version, json.dumps(stored)))
+    rows.append(("no.such.Event", 1, "{}"))
+    subjects = sorted(keys._ciphers)
+    for index in forgotten:
+        if index < len(subjects):
+            keys.forget(subjects[index])
+
+    one_by_one = [_outcome(lambda row=row: registry.decode(*row, keys)) for row in rows]
+    kept = registry.decode_all(rows, keys, on_error=lambda exc, row: (type(exc), str(exc)))
+    assert kept == one_by_one
+    first_error = next((o for o in one_by_one if isinstance(o, tuple)), None)
+    assert _outcome(lambda: registry.decode_all(rows, keys)) == first_error
+
+
 def test_a_tampered_or_moved_token_does_not_authenticate() -> None:
     keys = MemoryKeyRing()
     one, other = uuid.uuid4(), uuid.uuid4()
