@@ -343,17 +343,6 @@ class KeyRing:
             ) from None
 
 
-def sealed_subjects(texts: Iterable[str]) -> set[str]:
-    """The subjects whose keys these stored payloads need (to fetch them in one query)."""
-    prefix = f'{{"{SEALED}":'
-    subjects = set()
-    for text in texts:
-        if text.startswith(prefix):
-            start = text.find('"', len(prefix)) + 1
-            subjects.add(text[start : text.find('"', start)].rpartition(":")[0])
-    return subjects
-
-
 _scope: contextvars.ContextVar[KeyRing | None] = contextvars.ContextVar(
     "eventstore_key_scope", default=None
 )
