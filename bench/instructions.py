@@ -7,6 +7,11 @@ Run (from the project root, about 4 minutes; needs ``apt-get install -y valgrind
     .venv/bin/python bench/instructions.py
     .venv/bin/python bench/instructions.py --project /tmp/prev   # another checkout, A/B
     .venv/bin/python bench/instructions.py --endpoints post        # one endpoint
+    .venv/bin/python bench/instructions.py --endpoints get --compare /tmp/plain  # a bend's gain
+
+``--compare`` measures other checkouts in the same run, against the same database, and
+prints each one's count beside the first project's: how a framework bend is judged
+(docs/framework-bends.md), with the bend in ``--project`` and without it in the other.
 
 Requests/s on this VM drift by a third within one run (docs/benchmarks.md); an
 instruction count does not: the same code and inputs give the same count, whatever else
@@ -14,15 +19,19 @@ the machine does. What it leaves out is the kernel's share (socket calls, contex
 switches) and the servers' (PostgreSQL, Redis), which the HTTP benchmark measures.
 
 It uses PostgreSQL at ``BENCH_PG_URL`` (default ``postgres://postgres@127.0.0.1:5432``),
-where it DROPS and recreates the database ``bench_instructions``, and Redis database 12 of
-``BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379``), which it FLUSHES. It migrates
+where it DROPS and recreates the database ``--database`` (``bench_instructions``), and
+Redis database ``--redis-db`` (12) of ``BENCH_REDIS_URL`` (default
+``redis://127.0.0.1:6379``), which it FLUSHES. It migrates
 the database, creates an API token and one user, and projects it. Then, for each
 endpoint, it runs one process under ``valgrind --tool=callgrind`` that serves
 ``--warmup`` requests and then ``--requests`` more through Django's WSGI handler (as
 gunicorn calls it), and one that serves only the warm-up; the difference, divided by
 ``--requests``, is what one warm request costs, start-up and first-request work
-cancelled. Settings as ``bench/http_bench.py`` runs the service: ``DEBUG=false``, the rate
-limit on but far above the load. Results go to ``bench/results/instructions.json``.
+cancelled. Beside it, the CPU time PostgreSQL's backend spent on the same requests (from
+``/proc/<pid>/schedstat``, so not steady like the count, but the share a prepared
+statement saves is there and not in the web process). Settings as ``bench/http_bench.py``
+runs the service: ``DEBUG=false``, the rate limit on but far above the load. Results go
+to ``bench/results/instructions.json``.
 
 Each POST creates a user with a new email (the database grows by one user per request,
 which costs PostgreSQL, not this process). No worker runs: the subscribers' wake-up marks
@@ -57,25 +66,30 @@ ENDPOINTS = ("health", "get", "post")
 PG = "postgres://postgres@127.0.0.1:5432"
 
 
-def service_env(pg_url: str, redis_url: str, project: Path) -> dict[str, str]:
+def service_env(
+    pg_url: str, redis_url: str, project: Path, database: str, redis_db: int
+) -> dict[str, str]:
     return {
         **os.environ,
-        "DATABASE_URL": f"{pg_url.rstrip('/')}/{DATABASE}",
-        "REDIS_URL": f"{redis_url.rstrip('/')}/{REDIS_DB}",
+        "DATABASE_URL": f"{pg_url.rstrip('/')}/{database}",
+        "REDIS_URL": f"{redis_url.rstrip('/')}/{redis_db}",
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "DEBUG": "false",
         "THROTTLE_USER_RATE": "100000000/minute",
         "PYTHONPATH": str(project),
         "PYTHONHASHSEED": "0",  # the same dict layouts, so the same count, every run
         "BENCH_PG_URL": pg_url,
+        # Fixed, so that every run encrypts alike; a benchmark's own, not a secret.
+        "PERSONAL_DATA_MASTER_KEYS": "YmVuY2gtaW5zdHJ1Y3Rpb25zLW1hc3Rlci1rZXktMzI=",
+        "PERSONAL_DATA_HMAC_KEY": "bench-instructions-hmac-key",
     }
 
 
-def setup(project: Path, env: dict[str, str]) -> dict[str, str]:
+def setup(project: Path, env: dict[str, str], database: str) -> dict[str, str]:
     """A fresh database with a token and one projected user (not under valgrind)."""
     with common.connect(env["BENCH_PG_URL"], "postgres", autocommit=True) as pg:
-        pg.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        pg.execute(f"CREATE DATABASE {DATABASE}")
+        pg.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        pg.execute(f"CREATE DATABASE {database}")
     python = str(ROOT / ".venv" / "bin" / "python")
     subprocess.run([python, "manage.py", "migrate", "-v", "0"], cwd=project, env=env, check=True)
     out = subprocess.run(
@@ -100,6 +114,7 @@ def child_setup() -> None:
     from users import handlers
     from users.authentication import issue_token
     from users.commands import CreateUser
+    from users.models import UserRecord
 
     cache.clear()
     client = get_user_model().objects.create_user("bench", password="bench-pass-1234")
@@ -107,16 +122,24 @@ def child_setup() -> None:
     result = handlers.handle(
         CreateUser(email="ada@example.com", first_name="Ada", last_name="Lovelace")
     )
-    subscriptions.catch_up(subscribers.get("users"))
+    # Other databases' open transactions on the same server hold back the visibility
+    # horizon: catch up until the user is projected.
+    deadline = time.monotonic() + 60
+    while not UserRecord.objects.filter(id=result.user.id).exists():
+        if time.monotonic() > deadline:
+            sys.exit("the user was not projected within a minute")
+        subscriptions.catch_up(subscribers.get("users"))
     print(json.dumps({"token": token, "user_id": str(result.user.id)}))
 
 
-def child_serve(endpoint: str, count: int, token: str, user_id: str) -> None:
-    """Serve ``count`` requests through the WSGI handler, as gunicorn would call it."""
+def child_serve(endpoint: str, count: int, token: str, user_id: str, pg_cpu: str) -> None:
+    """Serve ``count`` requests through the WSGI handler, as gunicorn would call it, and
+    write the nanoseconds of CPU its PostgreSQL backend has run to the file ``pg_cpu``."""
     import django
 
     django.setup()
     from django.core.handlers.wsgi import WSGIHandler
+    from django.db import connection
 
     handler = WSGIHandler()
     path = {"health": "/health", "get": f"/v1/users/{user_id}", "post": "/v1/users"}[endpoint]
@@ -161,6 +184,9 @@ def child_serve(endpoint: str, count: int, token: str, user_id: str) -> None:
         for _chunk in response:
             pass
         response.close()
+    backend = connection.connection.info.backend_pid if connection.connection else None
+    ran = Path(f"/proc/{backend}/schedstat").read_text().split()[0] if backend else "0"
+    Path(pg_cpu).write_text(ran)
     expected = "201" if endpoint == "post" else "200"
     if any(not status.startswith(expected) for status in statuses):
         sys.exit(f"not every request answered {expected}: {sorted(set(statuses))}")
@@ -179,10 +205,12 @@ def _hold_wake_up_marks() -> None:
 
 def count_instructions(
     project: Path, env: dict[str, str], endpoint: str, count: int, data: dict[str, str]
-) -> int:
-    """Instructions callgrind counts in a whole process serving ``count`` requests."""
+) -> tuple[int, int]:
+    """Instructions callgrind counts in a whole process serving ``count`` requests, and
+    the nanoseconds of CPU its PostgreSQL backend ran."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
+        pg_cpu = Path(tmp) / "pg_cpu"
         subprocess.run(
             [
                 "valgrind",
@@ -197,6 +225,7 @@ def count_instructions(
                 str(count),
                 data["token"],
                 data["user_id"],
+                str(pg_cpu),
             ],
             cwd=project,
             env=env,
@@ -207,7 +236,20 @@ def count_instructions(
         totals = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
         if totals is None:
             raise RuntimeError(f"no totals in {out}")
-        return int(totals.group(1))
+        return int(totals.group(1)), int(pg_cpu.read_text() or 0)
+
+
+def measure(
+    project: Path, env: dict[str, str], endpoint: str, args: Any, data: dict[str, str]
+) -> dict[str, float]:
+    """One warm request of ``endpoint`` served by ``project``: instructions, PostgreSQL µs."""
+    env = {**env, "PYTHONPATH": str(project)}
+    short, pg_short = count_instructions(project, env, endpoint, args.warmup, data)
+    long, pg_long = count_instructions(project, env, endpoint, args.warmup + args.requests, data)
+    return {
+        "instructions_per_request": round((long - short) / args.requests),
+        "postgres_us_per_request": round((pg_long - pg_short) / args.requests / 1000, 1),
+    }
 
 
 def main() -> None:
@@ -217,6 +259,12 @@ def main() -> None:
         "--endpoints", nargs="+", choices=ENDPOINTS, default=list(ENDPOINTS),
         help="what to measure (both, for the ratio)",
     )  # fmt: skip
+    parser.add_argument(
+        "--compare", type=Path, nargs="+", default=[],
+        help="other checkouts to measure in the same run, beside --project",
+    )  # fmt: skip
+    parser.add_argument("--database", default=DATABASE, help="DROPPED and recreated")
+    parser.add_argument("--redis-db", type=int, default=REDIS_DB, help="FLUSHED")
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument(
@@ -228,31 +276,47 @@ def main() -> None:
         if args.child[0] == "setup":
             child_setup()
         else:
-            endpoint, count, token, user_id = args.child[1:]
-            child_serve(endpoint, int(count), token, user_id)
+            endpoint, count, token, user_id, pg_cpu = args.child[1:]
+            child_serve(endpoint, int(count), token, user_id, pg_cpu)
         return
 
     project = args.project.resolve()
+    others = [other.resolve() for other in args.compare]
     pg_url = os.environ.get("BENCH_PG_URL", PG)
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
-    env = service_env(pg_url, redis_url, project)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=project, capture_output=True, text=True
-    ).stdout.strip()
-    print(f"project {project} at {commit}; database {DATABASE}, Redis db {REDIS_DB}")
-    data = setup(project, env)
+    env = service_env(pg_url, redis_url, project, args.database, args.redis_db)
+
+    def head(checkout: Path) -> str:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True
+        ).stdout.strip()
+
+    commit = head(project)
+    print(f"project {project} at {commit}; database {args.database}, Redis db {args.redis_db}")
+    for other in others:
+        print(f"compared with {other} at {head(other)}")
+    data = setup(project, env, args.database)
     results: dict[str, Any] = {}
+    compared: dict[str, dict[str, Any]] = {str(other): {} for other in others}
     for endpoint in args.endpoints:
         started = time.monotonic()
-        short = count_instructions(project, env, endpoint, args.warmup, data)
-        long = count_instructions(project, env, endpoint, args.warmup + args.requests, data)
-        per_request = (long - short) / args.requests
-        results[endpoint] = {"instructions_per_request": round(per_request)}
+        mine = results[endpoint] = measure(project, env, endpoint, args, data)
         print(
-            f"{endpoint:>6}: {per_request / 1e6:.3f} M instructions per request "
+            f"{endpoint:>6}: {mine['instructions_per_request'] / 1e6:.3f} M instructions, "
+            f"PostgreSQL {mine['postgres_us_per_request']} µs per request "
             f"({time.monotonic() - started:.0f} s)",
             flush=True,
         )
+        for other in others:
+            theirs = compared[str(other)][endpoint] = measure(other, env, endpoint, args, data)
+            gain = 1 - mine["instructions_per_request"] / theirs["instructions_per_request"]
+            theirs["gain_of_project"] = round(gain, 4)
+            print(
+                f"{'':>6}  {theirs['instructions_per_request'] / 1e6:.3f} M, PostgreSQL "
+                f"{theirs['postgres_us_per_request']} µs in {other.name}: the project "
+                f"saves {gain:.1%} of the instructions",
+                flush=True,
+            )
     ratios = {}
     if "health" in results:
         health = results["health"]["instructions_per_request"]
@@ -271,6 +335,7 @@ def main() -> None:
                 "warmup": args.warmup,
                 "requests": args.requests,
                 "results": results,
+                "compared": {f"{o} at {head(Path(o))}": r for o, r in compared.items()},
                 **{f"{e}_over_health": round(r, 3) for e, r in ratios.items()},
             },
             indent=2,
