@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import platform
@@ -54,6 +55,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -132,9 +134,12 @@ def child_setup() -> None:
     print(json.dumps({"token": token, "user_id": str(result.user.id)}))
 
 
-def child_serve(endpoint: str, count: int, token: str, user_id: str, pg_cpu: str) -> None:
+def child_serve(
+    endpoint: str, count: int, token: str, user_id: str, pg_cpu: str, batch: int = 0
+) -> None:
     """Serve ``count`` requests through the WSGI handler, as gunicorn would call it, and
-    write the nanoseconds of CPU its PostgreSQL backend has run to the file ``pg_cpu``."""
+    write the nanoseconds of CPU its PostgreSQL backend has run to the file ``pg_cpu``;
+    with ``batch``, also this process's CPU time at every ``batch`` requests (``--cpu``)."""
     import django
 
     django.setup()
@@ -176,7 +181,16 @@ def child_serve(endpoint: str, count: int, token: str, user_id: str, pg_cpu: str
     def start_response(status: str, headers: list, exc_info: Any = None) -> None:
         statuses.append(status)
 
-    for body in bodies:
+    marks: list[tuple[int, int]] = []
+
+    def mark() -> None:
+        backend = connection.connection.info.backend_pid if connection.connection else None
+        ran = Path(f"/proc/{backend}/schedstat").read_text().split()[0] if backend else "0"
+        marks.append((time.process_time_ns(), int(ran)))
+
+    for served, body in enumerate(bodies):
+        if batch and served % batch == 0:
+            mark()
         environ = {**base, "wsgi.input": io.BytesIO(body)}
         if body:  # a GET's environ stays as in earlier sessions' counts
             environ["CONTENT_LENGTH"] = str(len(body))
@@ -184,9 +198,8 @@ def child_serve(endpoint: str, count: int, token: str, user_id: str, pg_cpu: str
         for _chunk in response:
             pass
         response.close()
-    backend = connection.connection.info.backend_pid if connection.connection else None
-    ran = Path(f"/proc/{backend}/schedstat").read_text().split()[0] if backend else "0"
-    Path(pg_cpu).write_text(ran)
+    mark()
+    Path(pg_cpu).write_text(json.dumps(marks) if batch else str(marks[-1][1]))
     expected = "201" if endpoint == "post" else "200"
     if any(not status.startswith(expected) for status in statuses):
         sys.exit(f"not every request answered {expected}: {sorted(set(statuses))}")
@@ -240,16 +253,68 @@ def count_instructions(
 
 
 def measure(
-    project: Path, env: dict[str, str], endpoint: str, args: Any, data: dict[str, str]
-) -> dict[str, float]:
-    """One warm request of ``endpoint`` served by ``project``: instructions, PostgreSQL µs."""
-    env = {**env, "PYTHONPATH": str(project)}
-    short, pg_short = count_instructions(project, env, endpoint, args.warmup, data)
-    long, pg_long = count_instructions(project, env, endpoint, args.warmup + args.requests, data)
-    return {
-        "instructions_per_request": round((long - short) / args.requests),
-        "postgres_us_per_request": round((pg_long - pg_short) / args.requests / 1000, 1),
-    }
+    projects: list[Path], env: dict[str, str], endpoint: str, args: Any, data: dict[str, str]
+) -> list[dict[str, float]]:
+    """One warm request of ``endpoint`` served by each project: instructions, PostgreSQL µs.
+
+    ``--jobs`` processes run at once: each count is the same whatever runs beside it.
+    """
+    runs = [(project, count) for project in projects for count in (args.warmup, args.total)]
+
+    def run(job: tuple[Path, int]) -> tuple[int, int]:
+        project, count = job
+        return count_instructions(
+            project, {**env, "PYTHONPATH": str(project)}, endpoint, count, data
+        )
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        counts = list(pool.map(run, runs))
+    results = []
+    for (short, pg_short), (long, pg_long) in zip(counts[::2], counts[1::2], strict=True):
+        results.append(
+            {
+                "instructions_per_request": round((long - short) / args.requests),
+                "postgres_us_per_request": round((pg_long - pg_short) / args.requests / 1e3, 1),
+            }
+        )
+    return results
+
+
+def measure_cpu(
+    projects: list[Path], env: dict[str, str], endpoint: str, args: Any, data: dict[str, str]
+) -> list[dict[str, float]]:
+    """``--cpu``: the projects serve at once, natively, in batches of ``--batch`` requests
+    after the warm-up; a request costs the least CPU time of a batch (noise only adds)."""
+    size = args.batch
+    batches = max(1, args.requests // size)
+    count = args.warmup + batches * size
+    warm = args.warmup // size + (args.warmup % size > 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = [Path(tmp) / f"marks-{i}" for i in range(len(projects))]
+        python = str(ROOT / ".venv" / "bin" / "python")
+        children = []
+        for project, out in zip(projects, outs, strict=True):
+            command = [python, __file__, "--child", "serve", endpoint, str(count)]
+            command += [data["token"], data["user_id"], str(out), str(size)]
+            child_env = {**env, "PYTHONPATH": str(project)}
+            children.append(
+                subprocess.Popen(command, cwd=project, env=child_env, stderr=subprocess.DEVNULL)
+            )
+        if any(child.wait() for child in children):
+            raise RuntimeError(f"a {endpoint} child failed")
+        results = []
+        for out in outs:
+            marks = json.loads(out.read_text())[warm:]
+            cpu = [b[0] - a[0] for a, b in itertools.pairwise(marks)]
+            pg = (marks[-1][1] - marks[0][1]) / (len(marks) - 1) / size
+            results.append(
+                {
+                    "cpu_us_per_request": round(min(cpu) / size / 1e3, 1),
+                    "cpu_us_median": round(sorted(cpu)[len(cpu) // 2] / size / 1e3, 1),
+                    "postgres_us_per_request": round(pg / 1e3, 1),
+                }
+            )
+    return results
 
 
 def main() -> None:
@@ -265,6 +330,12 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--database", default=DATABASE, help="DROPPED and recreated")
     parser.add_argument("--redis-db", type=int, default=REDIS_DB, help="FLUSHED")
+    parser.add_argument("--jobs", type=int, default=1, help="valgrind processes at once")
+    parser.add_argument(
+        "--cpu", action="store_true",
+        help="CPU time per request instead of instructions, all projects at once, natively",
+    )  # fmt: skip
+    parser.add_argument("--batch", type=int, default=50, help="requests per batch (--cpu)")
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument(
@@ -276,10 +347,11 @@ def main() -> None:
         if args.child[0] == "setup":
             child_setup()
         else:
-            endpoint, count, token, user_id, pg_cpu = args.child[1:]
-            child_serve(endpoint, int(count), token, user_id, pg_cpu)
+            endpoint, count, token, user_id, pg_cpu, *batch = args.child[1:]
+            child_serve(endpoint, int(count), token, user_id, pg_cpu, int(batch[0]) if batch else 0)
         return
 
+    args.total = args.warmup + args.requests
     project = args.project.resolve()
     others = [other.resolve() for other in args.compare]
     pg_url = os.environ.get("BENCH_PG_URL", PG)
@@ -300,29 +372,22 @@ def main() -> None:
     compared: dict[str, dict[str, Any]] = {str(other): {} for other in others}
     for endpoint in args.endpoints:
         started = time.monotonic()
-        mine = results[endpoint] = measure(project, env, endpoint, args, data)
-        print(
-            f"{endpoint:>6}: {mine['instructions_per_request'] / 1e6:.3f} M instructions, "
-            f"PostgreSQL {mine['postgres_us_per_request']} µs per request "
-            f"({time.monotonic() - started:.0f} s)",
-            flush=True,
+        mine, *all_theirs = (measure_cpu if args.cpu else measure)(
+            [project, *others], env, endpoint, args, data
         )
-        for other in others:
-            theirs = compared[str(other)][endpoint] = measure(other, env, endpoint, args, data)
-            gain = 1 - mine["instructions_per_request"] / theirs["instructions_per_request"]
+        results[endpoint] = mine
+        unit = "cpu_us_per_request" if args.cpu else "instructions_per_request"
+        print(f"{endpoint:>6}: {mine} ({time.monotonic() - started:.0f} s)", flush=True)
+        for other, theirs in zip(others, all_theirs, strict=True):
+            compared[str(other)][endpoint] = theirs
+            gain = 1 - mine[unit] / theirs[unit]
             theirs["gain_of_project"] = round(gain, 4)
-            print(
-                f"{'':>6}  {theirs['instructions_per_request'] / 1e6:.3f} M, PostgreSQL "
-                f"{theirs['postgres_us_per_request']} µs in {other.name}: the project "
-                f"saves {gain:.1%} of the instructions",
-                flush=True,
-            )
+            print(f"{'':>6}  {other.name}: {theirs}; the project saves {gain:.1%}", flush=True)
     ratios = {}
     if "health" in results:
-        health = results["health"]["instructions_per_request"]
         for endpoint in ("get", "post"):
             if endpoint in results:
-                ratios[endpoint] = results[endpoint]["instructions_per_request"] / health
+                ratios[endpoint] = results[endpoint][unit] / results["health"][unit]
                 print(f"{endpoint.upper()} costs {ratios[endpoint]:.2f}x a /health")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
