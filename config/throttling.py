@@ -29,39 +29,19 @@ import os
 import threading
 import time
 from typing import Any
-from weakref import WeakKeyDictionary
 
-from django.core.cache.backends.redis import RedisCacheClient
-from redis import Redis
 from redis.commands.core import Script
 from redis.exceptions import RedisError
 from rest_framework import authentication, exceptions, throttling
 
 from config.bounded import make_room
+from config.cache import redis_client
 from config.clientip import client_ip
 
 logger = logging.getLogger(__name__)
 
 LEASE_MAX = 32
 """The most requests one process reserves at once for one client."""
-
-_clients: WeakKeyDictionary[RedisCacheClient, Redis] = WeakKeyDictionary()
-
-
-def redis_client(cache: Any) -> Redis:
-    """The redis-py client of a Django ``RedisCache``, on that cache's connection pool.
-
-    Django builds a new ``Redis`` object for every cache call (about 90 µs of redis-py's
-    setup, as much as the round trip); one per cache backend (Django keeps one per
-    thread) is enough. Django has no public handle on it (django-redis would:
-    ``get_redis_connection``), hence ``_cache``.
-    """
-    backend = cache._cache
-    client = _clients.get(backend)
-    if client is None:
-        client = _clients[backend] = backend.get_client(write=True)
-    return client
-
 
 # One atomic step, so that the count and the time left belong to the same window: as two
 # commands, the key could expire between them and a lease reserved in the old window
