@@ -13,6 +13,10 @@ Run (from the project root, about 4 minutes; needs ``apt-get install -y valgrind
 prints each one's count beside the first project's: how a framework bend is judged
 (docs/framework-bends.md), with the bend in ``--project`` and without it in the other.
 
+Under callgrind a checkout takes minutes; on a machine so loaded that it cannot finish,
+``--cpu`` runs every checkout at once, natively, and takes a request's cost as the least
+CPU time of any ``--batch`` of requests after the warm-up (noise only ever adds time).
+
 Requests/s on this VM drift by a third within one run (docs/benchmarks.md); an
 instruction count does not: the same code and inputs give the same count, whatever else
 the machine does. What it leaves out is the kernel's share (socket calls, context
@@ -297,11 +301,14 @@ def measure_cpu(
             command = [python, __file__, "--child", "serve", endpoint, str(count)]
             command += [data["token"], data["user_id"], str(out), str(size)]
             child_env = {**env, "PYTHONPATH": str(project)}
+            log = (Path(tmp) / f"{out.name}.log").open("w")
             children.append(
-                subprocess.Popen(command, cwd=project, env=child_env, stderr=subprocess.DEVNULL)
+                subprocess.Popen(command, cwd=project, env=child_env, stderr=log, stdout=log)
             )
-        if any(child.wait() for child in children):
-            raise RuntimeError(f"a {endpoint} child failed")
+        for child, out in zip(children, outs, strict=True):
+            if child.wait():
+                tail = (Path(tmp) / f"{out.name}.log").read_text()[-2000:]
+                raise RuntimeError(f"a {endpoint} child failed:\n{tail}")
         results = []
         for out in outs:
             marks = json.loads(out.read_text())[warm:]
