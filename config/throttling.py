@@ -2,19 +2,19 @@
 
 DRF's own throttles keep a list of timestamps per client in the cache and read, unpickle,
 trim and write back the whole list on every request: two round trips and O(requests in
-the window), 0.3 ms with an empty list and 2.6 ms at 60,000 entries. Here a client's
+the window), and two processes can both admit past the limit. Here a client's
 window is one Redis counter that expires with the window (``duration``). The price of a
 fixed window: a client may send up to twice its rate across the end of one window and
 the start of the next.
 
-A round trip per request was still a quarter of a cached ``GET /v1/users/{id}`` in the
-web process (docs/benchmarks.md), so a process reserves several requests at once (a
-lease) and admits them from memory until they are used or the window ends. A lease never
-admits more than the counter allowed, so the limit holds across any number of processes;
-what it costs is that requests reserved by one process and unused when the window runs
-out are lost to the others. Leases shrink as the window fills (:func:`lease_size`), so
-that loss is small, and limits under 128 per window reserve one request at a time,
-exactly as a plain counter would.
+A round trip per request is still a large share of a cached ``GET /v1/users/{id}``
+(docs/framework-bends.md), so a process reserves several requests at once (a lease) and
+admits them from memory until they are used or the window ends. A lease never admits
+more than the counter allowed, so the limit holds across any number of processes; what
+it costs is that requests reserved by one process and unused when the window runs out
+are lost to the others. Leases shrink as the window fills (:func:`lease_size`), so that
+loss is small, and limits under 128 per window reserve one request at a time, exactly as
+a plain counter would.
 
 Were a cache error to propagate, every request would answer 500 while Redis is down,
 although commands need only PostgreSQL (invariant 6: a command succeeds once its events
