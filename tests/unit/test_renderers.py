@@ -1,14 +1,19 @@
-"""The hot read's renderer writes what DRF's JSONRenderer writes, byte for byte."""
+"""The hot read's shortcuts give what DRF gives: the same bytes, the same media type."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
 
+import pytest
+from django.test import RequestFactory
 from hypothesis import given
 from hypothesis import strategies as st
-from rest_framework.renderers import JSONRenderer
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
+from rest_framework.request import Request
 
+from config.negotiation import ContentNegotiation
 from config.renderers import json_as_drf
 
 # What a read-model row holds: text of any kind (control characters, U+2028, astral
@@ -42,3 +47,38 @@ def test_whole_seconds_and_uuids() -> None:
     assert json_as_drf(row) == (
         b'{"id":"00000000-0000-0000-0000-000000000001","at":"2026-01-02T03:04:05Z"}'
     )
+
+
+RENDERER_SETS = [
+    [JSONRenderer()],
+    [JSONRenderer(), BrowsableAPIRenderer()],
+    [BrowsableAPIRenderer(), JSONRenderer()],
+]
+
+
+@pytest.mark.parametrize("renderers", RENDERER_SETS, ids=["json", "json-first", "html-first"])
+@pytest.mark.parametrize(
+    ("path", "accept"),
+    [
+        ("/v1/users/x", None),
+        ("/v1/users/x", "*/*"),
+        ("/v1/users/x", "application/json"),
+        ("/v1/users/x", "application/json; indent=2"),
+        ("/v1/users/x", "text/html, */*;q=0.8"),
+        ("/v1/users/x", "application/*"),
+        ("/v1/users/x?format=json", "*/*"),
+        ("/v1/users/x?format=api", None),
+        ("/v1/users/x?wait_for=3", "application/json"),
+    ],
+)
+def test_negotiation_agrees_with_drf(renderers: list, path: str, accept: str | None) -> None:
+    headers = {} if accept is None else {"HTTP_ACCEPT": accept}
+    request = Request(RequestFactory().get(path, **headers))
+    try:
+        expected = DefaultContentNegotiation().select_renderer(request, renderers)
+    except Exception as exc:  # the same refusal is expected of the shortcut
+        with pytest.raises(type(exc)):
+            ContentNegotiation().select_renderer(request, renderers)
+        return
+    renderer, media_type = ContentNegotiation().select_renderer(request, renderers)
+    assert (renderer, media_type) == expected
