@@ -209,7 +209,7 @@ if not REDIS_URL:
 # Redis; redis-py spells a unix socket "unix://", kombu "redis+socket://".
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "config.cache.RedisCache",
         "LOCATION": REDIS_URL.replace("redis+socket://", "unix://", 1),
         "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="users"),
         "OPTIONS": {"socket_connect_timeout": 1.0, "socket_timeout": 1.0},

@@ -2,19 +2,19 @@
 
 DRF's own throttles keep a list of timestamps per client in the cache and read, unpickle,
 trim and write back the whole list on every request: two round trips and O(requests in
-the window), 0.3 ms with an empty list and 2.6 ms at 60,000 entries. Here a client's
+the window), and two processes can both admit past the limit. Here a client's
 window is one Redis counter that expires with the window (``duration``). The price of a
 fixed window: a client may send up to twice its rate across the end of one window and
 the start of the next.
 
-A round trip per request was still a quarter of a cached ``GET /v1/users/{id}`` in the
-web process (docs/benchmarks.md), so a process reserves several requests at once (a
-lease) and admits them from memory until they are used or the window ends. A lease never
-admits more than the counter allowed, so the limit holds across any number of processes;
-what it costs is that requests reserved by one process and unused when the window runs
-out are lost to the others. Leases shrink as the window fills (:func:`lease_size`), so
-that loss is small, and limits under 128 per window reserve one request at a time,
-exactly as a plain counter would.
+A round trip per request is still a large share of a cached ``GET /v1/users/{id}``
+(docs/framework-bends.md), so a process reserves several requests at once (a lease) and
+admits them from memory until they are used or the window ends. A lease never admits
+more than the counter allowed, so the limit holds across any number of processes; what
+it costs is that requests reserved by one process and unused when the window runs out
+are lost to the others. Leases shrink as the window fills (:func:`lease_size`), so that
+loss is small, and limits under 128 per window reserve one request at a time, exactly as
+a plain counter would.
 
 Were a cache error to propagate, every request would answer 500 while Redis is down,
 although commands need only PostgreSQL (invariant 6: a command succeeds once its events
@@ -29,39 +29,19 @@ import os
 import threading
 import time
 from typing import Any
-from weakref import WeakKeyDictionary
 
-from django.core.cache.backends.redis import RedisCacheClient
-from redis import Redis
 from redis.commands.core import Script
 from redis.exceptions import RedisError
 from rest_framework import authentication, exceptions, throttling
 
 from config.bounded import make_room
+from config.cache import redis_client
 from config.clientip import client_ip
 
 logger = logging.getLogger(__name__)
 
 LEASE_MAX = 32
 """The most requests one process reserves at once for one client."""
-
-_clients: WeakKeyDictionary[RedisCacheClient, Redis] = WeakKeyDictionary()
-
-
-def redis_client(cache: Any) -> Redis:
-    """The redis-py client of a Django ``RedisCache``, on that cache's connection pool.
-
-    Django builds a new ``Redis`` object for every cache call (about 90 µs of redis-py's
-    setup, as much as the round trip); one per cache backend (Django keeps one per
-    thread) is enough. Django has no public handle on it (django-redis would:
-    ``get_redis_connection``), hence ``_cache``.
-    """
-    backend = cache._cache
-    client = _clients.get(backend)
-    if client is None:
-        client = _clients[backend] = backend.get_client(write=True)
-    return client
-
 
 # One atomic step, so that the count and the time left belong to the same window: as two
 # commands, the key could expire between them and a lease reserved in the old window

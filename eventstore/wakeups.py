@@ -21,8 +21,6 @@ from typing import Any
 from celery import current_app
 from django.core.cache import cache
 
-from config.throttling import redis_client
-
 logger = logging.getLogger(__name__)
 
 KEY_TTL_SECONDS = 30
@@ -45,23 +43,18 @@ def recheck_key(name: str, partition: int = 0) -> str:
 
 
 def _set(key: str, ttl: int) -> bool:
-    """SET NX on a kept client: Django's cache.add costs twice the CPU (a new client per
-    call), and every commit comes here once per subscriber. Raises if Redis is down."""
-    return bool(redis_client(cache).set(cache.make_and_validate_key(key), 1, nx=True, ex=ttl))
+    """Mark ``key`` unless it is marked (SET NX). Raises if Redis is down."""
+    return cache.add(key, 1, ttl)
 
 
 def _set_many(keys: list[str], ttl: int | list[int]) -> list[bool]:
-    """:func:`_set` for several keys in one round trip (a pipeline, not a transaction);
-    ``ttl`` for all of them, or one per key."""
+    """:func:`_set` for several keys; ``ttl`` for all of them, or one per key."""
     ttls = ttl if isinstance(ttl, list) else [ttl] * len(keys)
-    pipe = redis_client(cache).pipeline(transaction=False)
-    for key, seconds in zip(keys, ttls, strict=True):
-        pipe.set(cache.make_and_validate_key(key), 1, nx=True, ex=seconds)
-    return [bool(reply) for reply in pipe.execute()]
+    return [cache.add(key, 1, seconds) for key, seconds in zip(keys, ttls, strict=True)]
 
 
 def _delete(*keys: str) -> None:
-    redis_client(cache).delete(*(cache.make_and_validate_key(key) for key in keys))
+    cache.delete_many(keys)
 
 
 def _not_queued(keys: list[str], whats: list[str], exc: Exception) -> None:
@@ -115,9 +108,8 @@ def send_once(
 
 
 def send_many(jobs: list[tuple[str, Any, tuple[Any, ...], float]], *, what: str = "a task") -> int:
-    """:func:`send_once` for many ``(key, task, args, countdown)`` jobs: one round trip to
-    Redis for all the marks, then a task for each whose mark was free. Never raises;
-    returns how many were queued."""
+    """:func:`send_once` for many ``(key, task, args, countdown)`` jobs: the marks first,
+    then a task for each whose mark was free. Never raises; returns how many were queued."""
     if not jobs:
         return 0
     keys = [job[0] for job in jobs]
@@ -145,7 +137,7 @@ def wake(targets: list[tuple[str, int]]) -> None:
     """Queue a catch-up for each (subscriber, partition) that has none queued. Never
     raises.
 
-    One round trip to Redis for all of them; then a task for each whose mark was free.
+    The marks first; then a task for each whose mark was free.
     """
     keys = [wake_key(name, partition) for name, partition in targets]
     whats = [f"a wake-up for {name}[{partition}]" for name, partition in targets]

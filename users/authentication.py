@@ -9,8 +9,8 @@ revocation: a token deleted, or a user deactivated, in this process stops workin
 once (signals drop the entries); in every other process within that many seconds.
 
 The remembered tokens are a plain dict, not Django's local-memory cache: that cache
-pickles every value in and out, 31 µs a request for a token and its user, a tenth of
-what a cached ``GET /v1/users/{id}`` costs in all. The price is that requests share one
+pickles every value in and out, a token and its user on every request (what the table
+saves is in docs/framework-bends.md). The price is that requests share one
 token record and one user object; they are treated as read-only (a renewed token is
 stored as a fresh copy), and nothing on the request path changes a user.
 """

@@ -1,23 +1,23 @@
 """PostgreSQL, with a health check that costs no round trip while the connection is quiet.
 
 With ``CONN_HEALTH_CHECKS``, Django sends ``SELECT 1`` before the first query of every
-request that reuses a connection: a round trip (about 0.1 ms of CPU with the server's
-share) on a read that costs under 1 ms. A server that ends a session (a restart,
-``pg_terminate_backend``, an idle timeout) says so on the socket: it sends an error and
-closes it. So the socket is looked at first, without blocking: a connection with nothing
-to read is as the last request left it and is used as it is; anything readable (a closed
-or terminated session, or a message nobody asked for) gets Django's ``SELECT 1``.
+request that reuses a connection: a round trip on a read that costs little more. A
+server that ends a session (a restart, ``pg_terminate_backend``, an idle timeout) says
+so on the socket: it sends an error and closes it. So the socket is looked at first,
+without blocking: a connection with nothing to read is as the last request left it and
+is used as it is; anything readable (a closed or terminated session, or a message nobody
+asked for) gets Django's ``SELECT 1``.
 
 A server that vanishes without a word is found by neither check: the query fails as the
 ``SELECT 1`` would have, and Django drops the connection at the end of the request.
 
-It also hands out cursors whose statements PostgreSQL prepares (:meth:`prepared_cursor`):
-Django's own cursors bind parameters on the client and send every statement as text to
-be parsed and planned anew: preparing the user read halved PostgreSQL's CPU per
-``GET /v1/users/{id}`` (0.12 to 0.06 ms, docs/benchmarks.md). Prepared statements live in
-the session, so they need ``prepare_threshold`` set (Django passes ``None``, which makes
-psycopg ignore ``prepare=True`` too) and a session of one's own: no pooler in
-transaction mode (``DATABASE_PREPARED_STATEMENTS=false`` turns them off).
+It also hands out cursors whose statements PostgreSQL prepares
+(:meth:`prepared_cursor`): Django's own cursors bind parameters on the client and send
+every statement as text to be parsed and planned anew (docs/framework-bends.md has what
+preparing saves). Prepared statements live in the session, so they need
+``prepare_threshold`` set (Django passes ``None``, which makes psycopg ignore
+``prepare=True`` too) and a session of one's own: no pooler in transaction mode
+(``DATABASE_PREPARED_STATEMENTS=false`` turns them off).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ class _PreparingCursor(base.ServerBindingCursor):
 
     Binary results are read by psycopg's C loaders. In text, Django's own loader for
     ``timestamptz`` (Python, so that values carry Django's time zone) parses each
-    timestamp: 5% of the instructions of a cached ``GET /v1/users/{id}``. The binary
-    loader gives the session's time zone, which Django sets to its own (UTC).
+    timestamp. The binary loader gives the session's time zone, which Django sets to its
+    own (UTC).
     """
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:

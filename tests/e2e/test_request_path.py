@@ -135,13 +135,13 @@ class TestUserCreate:
         assert statements == ["BEGIN", "INSERT", "COMMIT"], [q["sql"] for q in queries]
         assert '"users_email_reservation"' in queries[1]["sql"]
 
-    def test_a_create_wakes_both_subscribers_in_one_round_trip(self, api, wake_sends) -> None:
+    def test_a_create_wakes_both_subscribers_once(self, api, wake_sends) -> None:
         from tests.integration.test_celery_wakeups import broker_tasks
 
         new_user(api)
-        assert wake_sends == [["users", "welcome-saga"]]
+        assert wake_sends == [["users"], ["welcome-saga"]]
         new_user(api)  # both wake-ups still queued: the marks are asked for, nothing queued
-        assert wake_sends == [["users", "welcome-saga"]] * 2
+        assert wake_sends == [["users"], ["welcome-saga"]] * 2
         assert sorted(broker_tasks()) == [
             ("eventstore.tasks.run_subscriber", "('users',)"),
             ("eventstore.tasks.run_subscriber", "('welcome-saga',)"),

@@ -295,7 +295,7 @@ class TestLimits:
         """Availability over rate limiting: commands need only PostgreSQL (invariant 6)."""
         settings.CACHES = {
             "default": {
-                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "BACKEND": "config.cache.RedisCache",
                 "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
                 "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
             }
