@@ -145,9 +145,8 @@ class QueueDepthCollector(Collector):
     """Messages waiting in each Celery queue (their Redis lists, every priority)."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        from celery import current_app as app  # the project's app, without importing it
         from kombu.exceptions import ChannelError
-
-        from config.celery import app
 
         family = GaugeMetricFamily(
             "celery_queue_length", "Messages waiting in the broker, by Celery queue.",
