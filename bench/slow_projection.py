@@ -14,7 +14,7 @@ import time
 from django.apps import AppConfig
 from django.db import connection
 
-from eventstore.store import RecordedEvent
+from eventstore.reads import RecordedEvent
 from eventstore.subscribers import Projection, handles
 from tests.events import Noted
 

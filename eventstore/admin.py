@@ -21,7 +21,7 @@ from django.urls import URLPattern, path
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from eventstore import admin_views, personal, store
+from eventstore import admin_views, personal, reads
 from eventstore.admin_views import (
     ReadOnlyAdmin,
     distinct_values,
@@ -146,7 +146,7 @@ class StreamAdmin(ReadOnlyAdmin):
         }
         items = []
         with personal.key_scope():  # one key fetch for the page
-            shown = [store.shown_payload(e.event_type, e.schema_version, e.data) for e in events]
+            shown = [reads.shown_payload(e.event_type, e.schema_version, e.data) for e in events]
         for event, data in zip(events, shown, strict=True):
             correlation = event.metadata.get("correlation_id")
             causation = event.metadata.get("causation_id")
@@ -256,7 +256,7 @@ class EventAdmin(ReadOnlyAdmin):
 
     @admin.display(description="data")
     def pretty_data(self, event: Event) -> SafeString:
-        data = store.shown_payload(event.event_type, event.schema_version, event.data)
+        data = reads.shown_payload(event.event_type, event.schema_version, event.data)
         return highlight_json(data)
 
     @admin.display(description="metadata")

@@ -1,6 +1,6 @@
 """The staff console's own pages and the pieces the event store's ModelAdmins share.
 
-Pages: the live tail (polls a JSON feed built on the gap-safe ``store.read_all``) and the
+Pages: the live tail (polls a JSON feed built on the gap-safe ``reads.read_all``) and the
 dashboard (events per minute, totals, subscribers needing attention). The subscribers'
 pages are in :mod:`eventstore.admin_subscribers`. Everything here reads.
 
@@ -37,7 +37,7 @@ from django.utils.functional import cached_property
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
-from eventstore import status, store
+from eventstore import reads, status
 from eventstore.cursor import Cursor
 from eventstore.errors import InvalidCursor
 
@@ -248,7 +248,7 @@ def live_tail_feed(request: HttpRequest) -> JsonResponse:
             cursor = Cursor.parse(after)
         except InvalidCursor as exc:
             return JsonResponse({"error": str(exc)}, status=400)
-        page = store.read_all(
+        page = reads.read_all(
             cursor, limit=TAIL_PAGE, categories=[category] if category else None, lenient=True
         )
         rows = [
@@ -292,8 +292,8 @@ def _recent_events(category: str | None, limit: int) -> tuple[list[dict[str, Any
             *row[1:6],
             json.loads(row[6]),
             row[7],
-            # Personal fields opened, as the tail's later polls (store.read_all) show them.
-            json.dumps(store.shown_payload(row[4], row[8], row[9]), ensure_ascii=False),
+            # Personal fields opened, as the tail's later polls (reads.read_all) show them.
+            json.dumps(reads.shown_payload(row[4], row[8], row[9]), ensure_ascii=False),
         )
         for row in reversed(rows)
         if row[1] is not None

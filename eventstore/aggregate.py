@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
-from eventstore import store
+from eventstore import reads, store
 from eventstore.errors import StreamNotFound
 from eventstore.store import NO_STREAM, AppendResult, NewEvent
 
@@ -93,7 +93,7 @@ class Repository(Generic[A]):
         """Replay the stream; raises :class:`StreamNotFound` if it does not exist."""
         stream_id = self.aggregate_class.stream_id_for(aggregate_id)
         aggregate = self.aggregate_class(aggregate_id)
-        history = store.load_stream_payloads(stream_id, using=self.using)
+        history = reads.load_stream_payloads(stream_id, using=self.using)
         apply = aggregate.apply
         for _, event in history:
             apply(event)

@@ -24,12 +24,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from eventstore import store
+from eventstore import reads, store
 from eventstore.api_docs import EXAMPLE_EVENT, problem_responses
 from eventstore.context import MessageContext, message_context
 from eventstore.cursor import Cursor
 from eventstore.errors import InvalidAppend, InvalidCursor
-from eventstore.store import RecordedEvent
+from eventstore.reads import RecordedEvent
 
 CORRELATION_HEADER = "X-Correlation-ID"
 
@@ -198,7 +198,7 @@ class EventFeedView(APIView):
             after = Cursor.parse(params["after"]) if "after" in params else None
         except InvalidCursor as exc:
             raise ValidationError({"after": [str(exc)]}) from None
-        page = store.read_all(
+        page = reads.read_all(
             after,
             limit=params["limit"],
             categories=[params["category"]] if "category" in params else None,
@@ -277,10 +277,10 @@ class StreamView(APIView):
             store.validate_stream_id(stream_id)
         except InvalidAppend as exc:
             raise ValidationError({"stream_id": [str(exc)]}) from None
-        version = store.stream_version(stream_id)
+        version = reads.stream_version(stream_id)
         if version is None:
             raise NotFound(f"There is no stream {stream_id!r}.")
-        events = store.read_stream(
+        events = reads.read_stream(
             stream_id,
             from_version=query.validated_data["from_version"],
             limit=query.validated_data["limit"],

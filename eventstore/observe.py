@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 import structlog
 
 from eventstore import tracing
-from eventstore.store import RecordedEvent
+from eventstore.reads import RecordedEvent
 from eventstore.subscribers import Partition
 
 logger = structlog.stdlib.get_logger("eventstore.subscriptions")

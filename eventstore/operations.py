@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from django.db import connections, transaction
 
-from eventstore import parking, store, subscriptions
+from eventstore import parking, reads, subscriptions
 from eventstore.cursor import Cursor
 from eventstore.models import Checkpoint, ParkedStream
 from eventstore.partitions import partition_of
@@ -122,7 +122,7 @@ def repartition(
     old = stored.pop()
     if old == count:
         return old, count
-    target = store.horizon(using=using)
+    target = reads.horizon(using=using)
     for partition in partitions_of(subscriber, old):
         if progress:
             progress(f"catching {partition} up to the common point")

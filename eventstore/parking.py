@@ -20,10 +20,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.db import InterfaceError, OperationalError, connections, transaction
 from django.utils import timezone
 
-from eventstore import store
+from eventstore import reads
 from eventstore.cursor import Cursor
 from eventstore.models import ParkedStream, SkippedEvent
-from eventstore.store import RecordedEvent, Undecodable
+from eventstore.reads import RecordedEvent, Undecodable
 from eventstore.subscribers import Partition, Subscriber
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def retry(
     )
     waiting = [
         event
-        for event in store.read_waiting(
+        for event in reads.read_waiting(
             parked.stream_id,
             subscriber.event_types,
             Cursor(parked.cursor_transaction_id, parked.cursor_position),

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from django.db import connections, transaction
 from django.db.models import Model
 
-from eventstore import parking, store, subscriptions
+from eventstore import parking, reads, subscriptions
 from eventstore.cursor import Cursor
 from eventstore.models import Checkpoint, ParkedStream, SkippedEvent
 from eventstore.partitions import partition_of
-from eventstore.store import Undecodable
+from eventstore.reads import Undecodable
 from eventstore.subscribers import Partition, Projection
 
 Progress = Callable[[int], None]
@@ -113,7 +113,7 @@ def drop_scratch(projection: Projection, using: str = "default") -> None:
 def _handle(
     projection: Projection,
     schema: str,
-    page: store.FeedPage,
+    page: reads.FeedPage,
     skipped: set,
     parks: parking.Parks,
     using: str,
@@ -142,8 +142,8 @@ def _handle(
         db.execute("SET LOCAL search_path TO DEFAULT")
 
 
-def _read(projection: Projection, cursor: Cursor, batch_size: int, using: str) -> store.FeedPage:
-    return store.read_all(
+def _read(projection: Projection, cursor: Cursor, batch_size: int, using: str) -> reads.FeedPage:
+    return reads.read_all(
         cursor,
         limit=batch_size,
         event_types=projection.event_types,
@@ -154,7 +154,7 @@ def _read(projection: Projection, cursor: Cursor, batch_size: int, using: str) -
 
 def _pages(
     projection: Projection, cursor: Cursor, batch_size: int, using: str, *, ahead: bool
-) -> Iterator[store.FeedPage]:
+) -> Iterator[reads.FeedPage]:
     """The feed's pages from ``cursor`` to its end; with ``ahead``, read one page ahead.
 
     Reading ahead, a thread reads and decodes the next page on a connection of its own
@@ -172,10 +172,10 @@ def _pages(
                 return
             cursor = page.next_cursor
 
-    handover: queue.Queue[store.FeedPage | BaseException] = queue.Queue(maxsize=1)
+    handover: queue.Queue[reads.FeedPage | BaseException] = queue.Queue(maxsize=1)
     stop = threading.Event()
 
-    def hand_over(item: store.FeedPage | BaseException) -> bool:
+    def hand_over(item: reads.FeedPage | BaseException) -> bool:
         while not stop.is_set():
             with contextlib.suppress(queue.Full):
                 handover.put(item, timeout=0.1)

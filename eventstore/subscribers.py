@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from eventstore import partitions as partitioning
-from eventstore.store import RecordedEvent
+from eventstore.reads import RecordedEvent
 from eventstore.types import registry
 
 

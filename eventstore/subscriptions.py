@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from django.db import connections, transaction
 from django.utils import timezone
 
-from eventstore import metrics, parking, store
+from eventstore import metrics, parking, reads
 from eventstore.cursor import Cursor
 from eventstore.models import Checkpoint
 from eventstore.observe import log_batch, observed_batch
 from eventstore.parking import TRANSIENT
-from eventstore.store import RecordedEvent, Undecodable
+from eventstore.reads import RecordedEvent, Undecodable
 from eventstore.subscribers import Partition, Subscriber, all_subscribers, partitions_of
 
 logger = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def _run_batch(
         if retry_due:
             parking.retry_due(partition, position, using)
             position, parked, _ = _read_checkpoint(partition, using)
-        page = store.read_all(
+        page = reads.read_all(
             position,
             limit=limit,
             event_types=partition.subscriber.event_types,

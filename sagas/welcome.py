@@ -25,7 +25,7 @@ from django.utils import timezone
 from eventstore import subscribers
 from eventstore.context import message_context
 from eventstore.errors import StreamNotFound
-from eventstore.store import RecordedEvent
+from eventstore.reads import RecordedEvent
 from eventstore.subscribers import ProcessManager, handles
 from sagas import dispatch, mail, observe, registry, runner
 from sagas.models import SagaInstance

@@ -200,7 +200,7 @@ def settle(timeout: float = 60.0) -> None:
     """
     import time
 
-    from eventstore import store
+    from eventstore import reads
 
     with connections["default"].cursor() as cursor:
         cursor.execute("SELECT max(transaction_id)::text FROM events")
@@ -208,7 +208,7 @@ def settle(timeout: float = 60.0) -> None:
     if newest is None:
         return
     deadline = time.monotonic() + timeout
-    while store.horizon().transaction_id <= int(newest):
+    while reads.horizon().transaction_id <= int(newest):
         if time.monotonic() > deadline:
             raise AssertionError("another transaction on this PostgreSQL server stays open")
         time.sleep(0.01)

@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 
 from config.errors import PreconditionFailed
 from config.renderers import json_as_drf
-from eventstore import progress, store, subscribers
+from eventstore import progress, reads, subscribers
 from eventstore.api import command_context, parse_if_match, serialize_event
 from eventstore.api_docs import problem_responses
 from users import handlers, selectors
@@ -287,10 +287,10 @@ class UserEventsView(APIView):
         uid = _user_id(user_id)
         query = _validated(StreamPageQuerySerializer, request.query_params)
         stream_id = User.stream_id_for(uid)
-        version = store.stream_version(stream_id)
+        version = reads.stream_version(stream_id)
         if version is None:
             raise UserNotFound(uid)
-        events = store.read_stream(
+        events = reads.read_stream(
             stream_id, from_version=query["from_version"], limit=query["limit"], lenient=True
         )
         next_version = events[-1].version + 1 if events and events[-1].version < version else None

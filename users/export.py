@@ -33,7 +33,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from eventstore import personal, store
+from eventstore import personal, reads
 from eventstore.api import serialize_event
 from users.aggregate import ERASED, User
 from users.errors import UserNotFound
@@ -48,10 +48,10 @@ def export_user(user_id: uuid.UUID) -> dict[str, Any]:
     """The export document of ``user_id``; raises UserNotFound for an unknown user."""
     stream_id = User.stream_id_for(user_id)
     with personal.key_scope():  # one key fetch for the profile and the events
-        if store.stream_version(stream_id) is None:
+        if reads.stream_version(stream_id) is None:
             raise UserNotFound(user_id)
         user = repository.load(user_id)
-        events = store.read_stream(stream_id, lenient=True)
+        events = reads.read_stream(stream_id, lenient=True)
     document: dict[str, Any] = {
         "schema": SCHEMA,
         "exported_at": timezone.now().isoformat(),

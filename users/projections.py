@@ -21,7 +21,7 @@ import psycopg
 from django.db import connection
 from django.db.models import Field
 
-from eventstore.store import RecordedEvent
+from eventstore.reads import RecordedEvent
 from eventstore.subscribers import Projection, handles
 from users.events import UserCreated, UserDeleted, UserErased, UserUpdated, UserWelcomed
 from users.models import UserRecord

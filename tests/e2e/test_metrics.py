@@ -12,7 +12,7 @@ from django.db import transaction
 from django.test import Client, override_settings
 from rest_framework.test import APIClient
 
-from eventstore import store, subscribers, subscriptions
+from eventstore import reads, store, subscribers, subscriptions
 from sagas import runner
 from sagas.models import SagaInstance
 from tests.conftest import grant, settle
@@ -175,7 +175,7 @@ class TestCounters:
         assert errors(samples, "parked") - errors(before, "parked") == 1
         assert value(samples, "eventstore_subscriber_events_processed_total", **labels) == 4
         position = value(samples, "eventstore_subscriber_position", **labels)
-        assert position == store.read_stream("note-boom")[0].position
+        assert position == reads.read_stream("note-boom")[0].position
 
     def test_one_welcome_saga_counts_one_email_and_its_steps(self, api) -> None:
         client = Client()

@@ -21,7 +21,7 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 from rest_framework.throttling import AnonRateThrottle
 
-from eventstore import store
+from eventstore import reads
 from eventstore.models import Event, Stream
 from tests.conftest import grant
 from tests.e2e.helpers import assert_problem, new_user, project
@@ -423,7 +423,7 @@ class TestInjection:
         response = api.post("/v1/users", body, format="json")
         if response.status_code == 201:
             created = response.json()
-            (stored,) = store.read_stream(f"user-{created['id']}")  # opened: personal fields
+            (stored,) = reads.read_stream(f"user-{created['id']}")  # opened: personal fields
             assert stored.position == created["position"]
             assert stored.data.first_name == stored.data.last_name == value.strip()
         else:

@@ -8,7 +8,7 @@ import pytest
 from django.db import connections
 from rest_framework.test import APIClient
 
-from eventstore import store
+from eventstore import reads
 from eventstore.models import Event
 from tests.conftest import settle
 from tests.e2e.helpers import assert_problem, new_user, project
@@ -182,7 +182,7 @@ class TestUpdates:
         )
         assert put.status_code == 200
         assert put.json()["version"] == 1
-        stored = store.read_stream(f"user-{user['id']}")[-1].data
+        stored = reads.read_stream(f"user-{user['id']}")[-1].data
         assert (stored.email, stored.first_name, stored.last_name) == (None, "Pat", "Lee")
         noop = api.patch(f"/v1/users/{user['id']}", {"first_name": "Pat"}, format="json")
         assert noop.status_code == 200
@@ -220,7 +220,7 @@ class TestUpdates:
         weak = api.patch(url, {"first_name": "B"}, format="json", HTTP_IF_MATCH='W/"0"')
         assert "weak" in assert_problem(weak, 412)["detail"]
         assert_problem(api.delete(url, HTTP_IF_MATCH='W/"0"'), 412)
-        assert store.stream_version(f"user-{user['id']}") == 0
+        assert reads.stream_version(f"user-{user['id']}") == 0
         listed = api.patch(url, {"first_name": "B"}, format="json", HTTP_IF_MATCH='W/"7", "0"')
         assert listed.status_code == 200
         garbled = api.patch(url, {"first_name": "C"}, format="json", HTTP_IF_MATCH='"0", x')
@@ -236,7 +236,7 @@ class TestUpdates:
         )
         etag, user_id = created["ETag"], created.json()["id"]
         handlers.handle(WelcomeUser(user_id=uuid.UUID(user_id)))  # what the saga does
-        assert store.stream_version(f"user-{user_id}") == 1
+        assert reads.stream_version(f"user-{user_id}") == 1
         url = f"/v1/users/{user_id}"
         changed = api.patch(url, {"last_name": "King"}, format="json", HTTP_IF_MATCH=etag)
         assert changed.status_code == 200, changed.content
@@ -260,7 +260,7 @@ class TestUpdates:
 
         codes = threads(20, write)
         assert sorted(codes) == [200] + [412] * 19
-        assert store.stream_version(f"user-{user['id']}") == 1
+        assert reads.stream_version(f"user-{user['id']}") == 1
 
     def test_unpinned_concurrent_writes_all_land(self, api, threads) -> None:
         user = new_user(api)
@@ -275,7 +275,7 @@ class TestUpdates:
 
         codes = threads(4, write)
         assert all(code in (200, 409) for code in codes)
-        assert store.stream_version(f"user-{user['id']}") == codes.count(200)
+        assert reads.stream_version(f"user-{user['id']}") == codes.count(200)
 
     def test_email_change_moves_the_reservation(self, api) -> None:
         first = new_user(api, email="one@example.com")
@@ -297,7 +297,7 @@ class TestUpdates:
             format="json",
         )
         assert_problem(response, 409)
-        assert store.stream_version(f"user-{user['id']}") == 0  # nothing recorded
+        assert reads.stream_version(f"user-{user['id']}") == 0  # nothing recorded
         still_mine = api.post(
             "/v1/users",
             {"email": "mine@example.com", "first_name": "A", "last_name": "B"},
@@ -455,7 +455,7 @@ def test_the_etag_of_a_create_stays_valid_after_the_real_welcome_saga(api, celer
         format="json",
     )
     user_id = created.json()["id"]
-    wait_for(lambda: store.stream_version(f"user-{user_id}") == 1, 60, "the saga's UserWelcomed")
+    wait_for(lambda: reads.stream_version(f"user-{user_id}") == 1, 60, "the saga's UserWelcomed")
     response = api.patch(
         f"/v1/users/{user_id}", {"last_name": "King"}, format="json", HTTP_IF_MATCH=created["ETag"]
     )

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from django.db import connection, connections, transaction
 
-from eventstore import store
+from eventstore import reads, store
 from eventstore.context import message_context
 from eventstore.errors import (
     ConcurrencyError,
@@ -105,7 +105,7 @@ class TestOptimisticLocking:
         assert len(winners) == 1
         assert len(losers) == 19
         assert all(loser.expected == 0 and loser.actual == 2 for loser in losers)
-        events = store.read_stream(sid)
+        events = reads.read_stream(sid)
         assert [e.version for e in events] == [0, 1, 2]
         winner_index = results.index(winners[0])
         assert [e.data.n for e in events[1:]] == [winner_index, winner_index]
@@ -282,7 +282,7 @@ class TestTransactions:
             store.append(b, [Noted(text="b")], NO_STREAM)
         assert versions(a) == versions(b) == [0]
         settle()
-        feed = store.read_all(limit=10).events
+        feed = reads.read_all(limit=10).events
         assert {e.cursor.transaction_id for e in feed} == {feed[0].cursor.transaction_id}
 
     def test_outer_rollback_discards_everything(self) -> None:
@@ -327,36 +327,36 @@ class TestReads:
     def test_stream_forwards_and_backwards(self) -> None:
         sid = new_stream()
         store.append(sid, [Noted(text=str(i), n=i) for i in range(10)])
-        assert [e.version for e in store.read_stream(sid, from_version=3, limit=4)] == [3, 4, 5, 6]
-        backwards = store.read_stream(sid, from_version=5, backwards=True, limit=3)
+        assert [e.version for e in reads.read_stream(sid, from_version=3, limit=4)] == [3, 4, 5, 6]
+        backwards = reads.read_stream(sid, from_version=5, backwards=True, limit=3)
         assert [e.version for e in backwards] == [5, 4, 3]
-        assert [e.data.n for e in store.read_stream(sid, backwards=True, limit=2)] == [9, 8]
-        assert store.read_stream(new_stream()) == []
+        assert [e.data.n for e in reads.read_stream(sid, backwards=True, limit=2)] == [9, 8]
+        assert reads.read_stream(new_stream()) == []
 
     def test_category_feed_pages_with_cursor(self) -> None:
         for _ in range(3):
             store.append(new_stream(), [Noted(text="t")])
             store.append(f"other-{uuid.uuid4()}", [Noted(text="o")])
         settle()
-        page = store.read_category("test", limit=2)
+        page = reads.read_category("test", limit=2)
         assert [e.category for e in page.events] == ["test", "test"]
-        rest = store.read_category("test", page.next_cursor, limit=10)
+        rest = reads.read_category("test", page.next_cursor, limit=10)
         assert len(rest.events) == 1
         assert rest.next_cursor >= rest.events[-1].cursor
-        empty = store.read_category("test", rest.next_cursor)
+        empty = reads.read_category("test", rest.next_cursor)
         assert empty.events == []
         assert empty.next_cursor >= rest.next_cursor
         newer = new_stream()
         store.append(newer, [Noted(text="new")])
         settle()
-        after = store.read_category("test", empty.next_cursor).events
+        after = reads.read_category("test", empty.next_cursor).events
         assert [e.stream_id for e in after] == [newer]
 
     def test_types_round_trip_and_upcast(self) -> None:
         sid = new_stream()
         item = uuid.uuid4()
         store.append(sid, [Priced(item=item, price=Decimal("19.90"))])
-        assert store.read_stream(sid)[0].data == Priced(item=item, price=Decimal("19.90"))
+        assert reads.read_stream(sid)[0].data == Priced(item=item, price=Decimal("19.90"))
         with connection.cursor() as cursor:  # an event written before Renamed had v2
             cursor.execute(
                 "INSERT INTO events (stream_id, version, category, event_id, event_type, "
@@ -364,7 +364,7 @@ class TestReads:
                 "'{\"name\": \"Ada Lovelace\"}', '{}')",
                 [sid, uuid.uuid4()],
             )
-        assert store.read_stream(sid)[1].data == Renamed(first_name="Ada", last_name="Lovelace")
+        assert reads.read_stream(sid)[1].data == Renamed(first_name="Ada", last_name="Lovelace")
 
     def test_unknown_stored_type_is_a_clear_error(self) -> None:
         sid = new_stream()
@@ -376,11 +376,11 @@ class TestReads:
                 [sid, uuid.uuid4()],
             )
         with pytest.raises(UnknownEventType, match=r"test\.Vanished"):
-            store.read_stream(sid)
+            reads.read_stream(sid)
 
     def test_load_missing_stream(self) -> None:
         with pytest.raises(StreamNotFound):
-            store.load_stream_payloads(new_stream())
+            reads.load_stream_payloads(new_stream())
 
 
 class TestMetadata:
@@ -389,7 +389,7 @@ class TestMetadata:
         sid = new_stream()
         with message_context(actor="user:alice", correlation_id=correlation, command_id=command):
             store.append(sid, [Noted(text="a"), Noted(text="b")])
-        for event in store.read_stream(sid):
+        for event in reads.read_stream(sid):
             assert event.metadata["correlation_id"] == str(correlation)
             assert event.metadata["causation_id"] == str(command)
             assert event.metadata["command_id"] == str(command)
@@ -398,7 +398,7 @@ class TestMetadata:
     def test_events_without_context_are_their_own_root(self) -> None:
         sid = new_stream()
         store.append(sid, [Noted(text="a")])
-        metadata = store.read_stream(sid)[0].metadata
+        metadata = reads.read_stream(sid)[0].metadata
         assert metadata["actor"] == "system"
         assert metadata["correlation_id"] == metadata["causation_id"]
 
@@ -435,7 +435,7 @@ def test_no_skipped_events_under_concurrent_out_of_order_commits() -> None:
 
             connections.close_all()
 
-    seen: list[store.RecordedEvent] = []
+    seen: list[reads.RecordedEvent] = []
 
     def follower() -> None:
         from django.db import connections
@@ -450,10 +450,10 @@ def test_no_skipped_events_under_concurrent_out_of_order_commits() -> None:
                     deadline = time.monotonic() + 60
                 if deadline is not None and time.monotonic() > deadline:
                     return
-                page = store.read_all(cursor, limit=rng_limit())
+                page = reads.read_all(cursor, limit=rng_limit())
                 seen.extend(page.events)
                 cursor = page.next_cursor
-            extra = store.read_all(cursor)  # nothing may come twice
+            extra = reads.read_all(cursor)  # nothing may come twice
             seen.extend(extra.events)
         except BaseException as exc:
             errors.append(exc)
@@ -509,7 +509,7 @@ def test_an_append_from_an_older_transaction_still_follows_its_predecessor(threa
     results = threads(2, lambda i: older() if i == 0 else newer())
     assert results == [None, None]
     settle()
-    feed = [e for e in store.read_all(limit=100).events if e.stream_id == sid]
+    feed = [e for e in reads.read_all(limit=100).events if e.stream_id == sid]
     assert [(e.version, e.data.text) for e in feed] == [(0, "v0"), (1, "newer"), (2, "older")]
 
 
@@ -520,5 +520,5 @@ def test_concurrent_any_appends_to_one_stream_stay_in_version_order(threads) -> 
     )
     assert not [r for r in results if isinstance(r, BaseException)], results
     settle()
-    feed = [e for e in store.read_all(limit=1000).events if e.stream_id == sid]
+    feed = [e for e in reads.read_all(limit=1000).events if e.stream_id == sid]
     assert [e.version for e in feed] == list(range(80))

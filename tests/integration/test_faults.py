@@ -24,7 +24,7 @@ import pytest
 import requests
 from django.db import connection, transaction
 
-from eventstore import store
+from eventstore import reads, store
 from eventstore.models import Event, Stream
 from eventstore.personal import keyed_hash
 from sagas.models import SagaInstance
@@ -281,8 +281,8 @@ def test_feed_order_is_numeric_when_transaction_ids_gain_a_digit(private_postgre
         "    pass\n"
         "for i in range(10):\n"
         "    store.append(f'tally-{i}', [Noted(text='after', n=i)])\n"
-        "page = store.read_all(None, limit=15)\n"
-        "rest = store.read_all(page.next_cursor, limit=1000)\n"
+        "page = reads.read_all(None, limit=15)\n"
+        "rest = reads.read_all(page.next_cursor, limit=1000)\n"
         "xids = [e.cursor.transaction_id for e in page.events + rest.events]\n"
         "print(min(xids), max(xids), xids == sorted(xids), len(xids))\n"
     )
@@ -323,7 +323,7 @@ def test_projection_follows_stream_order_when_a_saga_took_its_id_first(monkeypat
     # Stored out of feed order (the step went on), or refused and retried by the saga in a
     # new transaction: either way the read model must end as the stream says.
     drive_in_process()
-    _, updated, welcomed = store.read_stream(f"user-{user_id}")
+    _, updated, welcomed = reads.read_stream(f"user-{user_id}")
     assert (updated.event_type, welcomed.event_type) == ("UserUpdated", "UserWelcomed")
     phase(f"UserWelcomed before UserUpdated in the feed: {welcomed.cursor < updated.cursor}")
     row = UserRecord.objects.get(id=user_id)
@@ -589,7 +589,7 @@ def test_connection_killed_mid_delete_writes_nothing(api) -> None:
             cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
         thread.join(30)
     assert_problem(out[0], 503)
-    assert store.stream_version(f"user-{user_id}") == 0
+    assert reads.stream_version(f"user-{user_id}") == 0
     assert EmailReservation.objects.filter(
         user_id=user_id, email_hash=keyed_hash("kept@example.com")
     ).exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.db import connection, connections
 
-from eventstore import operations, partitions, replay, store, subscribers, subscriptions
+from eventstore import operations, partitions, reads, replay, store, subscribers, subscriptions
 from eventstore.cursor import Cursor
 from eventstore.models import Checkpoint
 from tests.conftest import settle
@@ -48,7 +48,7 @@ def test_each_partition_reads_its_own_streams_through_the_bucket_index(tally) ->
     write(40, 2)
     seen: dict[str, int] = {}
     for partition in subscribers.partitions_of(tally):
-        page = store.read_all(
+        page = reads.read_all(
             Cursor.start(), limit=1000, event_types=tally.event_types, buckets=partition.buckets
         )
         for event in page.events:
@@ -71,7 +71,7 @@ def test_a_partition_s_feed_is_read_through_the_bucket_index_on_a_large_table(ta
             "pg_current_xact_id() FROM generate_series(0, 19999) g"
         )
         cursor.execute("ANALYZE events")
-    sql, params = store.feed_query(
+    sql, params = reads.feed_query(
         Cursor.start(), 100, event_types=tally.event_types, buckets=partitions.buckets_of(1, 4)
     )
     with connection.cursor() as cursor:

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from eventstore import personal, store
+from eventstore import personal, reads, store
 from eventstore.errors import ConcurrencyError
 from eventstore.types import ERASED, registry
 from sagas.models import SagaInstance
@@ -89,10 +89,10 @@ def test_every_event_type_round_trips_through_the_store(events: list[Any]) -> No
     """Sealed on append, opened by every read: the stream, the lean load, the feed."""
     stream_id = f"roundtrip-{uuid.uuid4()}"
     result = store.append(stream_id, events)
-    assert [e.data for e in store.read_stream(stream_id)] == events
-    assert [payload for _, payload in store.load_stream_payloads(stream_id)] == events
+    assert [e.data for e in reads.read_stream(stream_id)] == events
+    assert [payload for _, payload in reads.load_stream_payloads(stream_id)] == events
     settle()  # the feed reads below the horizon
-    after = store.read_all(limit=10_000, categories=["roundtrip"]).events
+    after = reads.read_all(limit=10_000, categories=["roundtrip"]).events
     assert [e.data for e in after if e.stream_id == stream_id] == events
     assert result.version == len(events) - 1
     for (kind, text), event in zip(stored_rows(stream_id), events, strict=True):
@@ -107,9 +107,9 @@ def test_without_the_key_the_fields_read_as_erased_and_the_events_stay() -> None
     user = handlers.handle(CreateUser(email="kay@example.com", first_name="Kay", last_name="Oh"))
     stream_id = user.user.stream_id
     handlers.handle(UpdateUser(user_id=user.user.id, last_name="Ohm"))
-    before = [(e.version, e.event_id, e.position) for e in store.read_stream(stream_id)]
+    before = [(e.version, e.event_id, e.position) for e in reads.read_stream(stream_id)]
     personal.erase_subject(str(user.user.id))
-    events = store.read_stream(stream_id)
+    events = reads.read_stream(stream_id)
     assert [(e.version, e.event_id, e.position) for e in events] == before
     assert events[0].data.email == events[0].data.first_name == ERASED
     assert events[1].data.last_name == ERASED
@@ -143,7 +143,7 @@ def test_one_key_query_per_command_and_per_feed_page() -> None:
     ]
     assert _key_statement_runs() == {"ensure": 5}  # one per create, with the append
     settle()
-    page = store.read_all(limit=1000)
+    page = reads.read_all(limit=1000)
     assert len(page.events) == 5
     assert _key_statement_runs() == {"ensure": 5, "select": 1}  # five people, one query
     for result in ids:  # the load fetches the key; the append in the same scope reuses it
@@ -199,7 +199,7 @@ def test_after_erasure_a_dump_of_the_whole_database_holds_nothing_of_the_person(
         assert UserRecord.objects.get(id=kept["id"]).email == "keep.me.r5t1@example.net"
         call_command("replay_projections", "--all", stdout=StringIO(), stderr=StringIO())
 
-    events = store.read_stream(f"user-{user_id}")
+    events = reads.read_stream(f"user-{user_id}")
     assert [e.event_type for e in events][-1] == "UserErased"
     assert [e.version for e in events] == list(range(len(events)))
     assert not EmailReservation.objects.filter(user_id=user_id).exists()
@@ -265,7 +265,7 @@ def test_an_erasure_racing_updates_leaves_nothing_and_nothing_after_it(threads) 
         assert isinstance(results[0], CommandResult), results[0]
         for result in results[1:]:
             assert isinstance(result, (CommandResult, UserIsErased, ConcurrencyError)), result
-        events = store.read_stream(f"user-{user_id}")
+        events = reads.read_stream(f"user-{user_id}")
         kinds = [e.event_type for e in events]
         assert kinds[-1] == "UserErased"
         assert kinds.count("UserErased") == 1
@@ -323,14 +323,14 @@ def test_master_key_rotation_rewraps_every_key_and_the_old_one_can_go() -> None:
         assert personal.rotate_master_key() == 0  # nothing left to do
     with override_settings(PERSONAL_DATA_MASTER_KEYS=[new_key]):  # the old key retired
         for user_id in ids:
-            events = store.read_stream(f"user-{user_id}")
+            events = reads.read_stream(f"user-{user_id}")
             assert events[0].data.email.startswith("rot")
         assert personal.is_erased(str(erased))
     with (
         override_settings(PERSONAL_DATA_MASTER_KEYS=[settings.PERSONAL_DATA_MASTER_KEYS[0]]),
         pytest.raises(ImproperlyConfigured, match="not in PERSONAL_DATA_MASTER_KEYS"),
     ):
-        store.read_stream(f"user-{ids[0]}")
+        reads.read_stream(f"user-{ids[0]}")
 
 
 def test_a_missing_or_malformed_master_key_is_a_clear_error() -> None:
@@ -357,5 +357,5 @@ def test_the_email_reservation_holds_a_keyed_hash_not_the_address() -> None:
 
 def test_records_are_plain_dataclasses_after_decoding() -> None:
     user = handlers.handle(CreateUser(email="dc@example.com", first_name="D", last_name="C"))
-    (event,) = store.read_stream(user.user.stream_id)
+    (event,) = reads.read_stream(user.user.stream_id)
     assert dataclasses.asdict(event.data)["email"] == "dc@example.com"

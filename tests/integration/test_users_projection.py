@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection
 
-from eventstore import replay, store, subscribers, subscriptions
+from eventstore import reads, replay, store, subscribers, subscriptions
 from tests.conftest import settle
 from users.events import UserCreated, UserDeleted, UserUpdated, UserWelcomed
 from users.models import UserRecord
@@ -88,7 +88,7 @@ def test_rebuild_equals_incremental_build_across_batch_boundaries(monkeypatch) -
     assert by_id[welcomed_deleted]["welcomed_at"] == WELCOMED_AT + timedelta(days=1)
     assert by_id[created_only]["version"] == 0
     for user_id, row in by_id.items():
-        stored = store.read_stream(f"user-{user_id}")
+        stored = reads.read_stream(f"user-{user_id}")
         assert row["created_at"] == stored[0].recorded_at
         assert row["updated_at"] == stored[-1].recorded_at
         assert row["last_position"] == stored[-1].position

@@ -13,7 +13,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from eventstore import store, subscribers, subscriptions
+from eventstore import reads, subscribers, subscriptions
 from eventstore.models import Event
 from sagas import dispatch, registry, runner, welcome
 from sagas import mail as saga_mail
@@ -159,7 +159,7 @@ def test_one_welcome_per_address_within_the_cooldown_whatever_is_created_and_del
 
 def test_racing_runs_welcome_and_mail_once(threads) -> None:
     user_id = create_user()
-    created = store.read_stream(f"user-{user_id}")[0]
+    created = reads.read_stream(f"user-{user_id}")[0]
     run_saga_subscriber()
     subscribers.get("welcome-saga").handle_batch([created])  # a redelivery
     assert SagaInstance.objects.filter(correlation_key=str(user_id)).count() == 1
@@ -212,7 +212,7 @@ def test_causation_and_correlation_along_the_chain() -> None:
         user_id = create_user()
     run_saga_subscriber()
     assert run(user_id) == "done"
-    created, welcomed = store.read_stream(f"user-{user_id}")
+    created, welcomed = reads.read_stream(f"user-{user_id}")
     assert created.metadata["correlation_id"] == str(correlation)
     assert created.metadata["causation_id"] == str(command)
     assert welcomed.event_type == "UserWelcomed"

@@ -11,7 +11,7 @@ import time
 
 from django.db import connection
 
-from eventstore.store import RecordedEvent
+from eventstore.reads import RecordedEvent
 from eventstore.subscribers import Projection, handles
 from tests.events import Noted
 from tests.testapp.models import BatchLog, Tally, switch_is_on
