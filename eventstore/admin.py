@@ -21,8 +21,8 @@ from django.urls import URLPattern, path
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from eventstore import admin_views, personal, reads
-from eventstore.admin_views import (
+from eventstore import admin_shared, admin_views, personal, reads
+from eventstore.admin_shared import (
     ReadOnlyAdmin,
     distinct_values,
     event_search_url,
@@ -125,7 +125,7 @@ class StreamAdmin(ReadOnlyAdmin):
 
     def timeline(self, request: HttpRequest, stream: Stream) -> dict[str, Any]:
         """The stream's events, oldest first, a page at a time (``?from_version=``)."""
-        if not request.user.has_perm(admin_views.VIEW_EVENTS):
+        if not request.user.has_perm(admin_shared.VIEW_EVENTS):
             return {"timeline_hidden": True}
         try:
             start = max(0, int(request.GET.get("from_version", 0)))

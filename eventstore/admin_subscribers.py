@@ -23,7 +23,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from eventstore import operations, parking, status, subscribers, wakeups
-from eventstore.admin_views import (
+from eventstore.admin_shared import (
     ReadOnlyAdmin,
     admin_context,
     event_url,

@@ -20,7 +20,7 @@ from django.utils.safestring import SafeString
 
 from eventstore import subscribers
 from eventstore.admin import DistinctValueFilter, Link, ReadOnlyAdmin, related_links
-from eventstore.admin_views import distinct_values, event_url, highlight_json, stream_url
+from eventstore.admin_shared import distinct_values, event_url, highlight_json, stream_url
 from eventstore.models import Event
 from eventstore.subscribers import ProcessManager
 from sagas import registry, runner

@@ -19,7 +19,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from eventstore.admin import Link, ReadOnlyAdmin, related_links, short_stream_link
-from eventstore.admin_views import parse_uuid, stream_url
+from eventstore.admin_shared import parse_uuid, stream_url
 from eventstore.models import Stream
 from users import rules
 from users.models import ApiToken, UserRecord

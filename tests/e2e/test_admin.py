@@ -18,7 +18,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from eventstore import admin_views, store, subscribers, subscriptions
+from eventstore import admin_shared, admin_views, store, subscribers, subscriptions
 from eventstore.context import message_context
 from eventstore.models import Checkpoint, Event, ParkedStream, Stream
 from eventstore.replay import REPLAY_LOCK_NAMESPACE, replay_lock_key
@@ -434,7 +434,7 @@ class TestEvents:
             create_user()
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE events")
-        monkeypatch.setattr(admin_views, "EXACT_COUNT_BELOW", 0)  # as if there were millions
+        monkeypatch.setattr(admin_shared, "EXACT_COUNT_BELOW", 0)  # as if there were millions
         with CaptureQueriesContext(connection) as queries:
             response = admin_client.get(EVENTS)
         assert response.status_code == 200
@@ -792,7 +792,7 @@ class TestDashboard:
         body = response.content.decode()
         assert '<span class="es-warn lag">2 behind</span>' in body
         assert 'class="es-warn lag-age"' in body
-        link = f'href="{admin_views.stream_url(parked.stream_id)}">note-boom</a>'
+        link = f'href="{admin_shared.stream_url(parked.stream_id)}">note-boom</a>'
         assert f"{link} at {parked.event_type} v0, 1 attempt" in body
 
     def test_totals_come_from_statistics_on_a_huge_table(self, admin_client, monkeypatch) -> None:
@@ -810,7 +810,7 @@ class TestDashboard:
 
 
 def test_highlight_json_escapes_everything() -> None:
-    html = admin_views.highlight_json({"k<": ["</pre><script>", 1.5, True, None]})
+    html = admin_shared.highlight_json({"k<": ["</pre><script>", 1.5, True, None]})
     assert "<script>" not in html
     assert '<span class="json-key">&quot;k&lt;&quot;</span>' in html
     assert '<span class="json-string">&quot;&lt;/pre&gt;&lt;script&gt;&quot;</span>' in html
