@@ -23,6 +23,7 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
+from drf_spectacular.utils import extend_schema
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -249,6 +250,7 @@ class CanReadMetrics(permissions.BasePermission):
         return bool(user and user.is_staff and user.has_perm(settings.METRICS_PERMISSION))
 
 
+@extend_schema(exclude=True)  # Prometheus's text format for scrapers, not the REST API
 class MetricsView(APIView):
     """``GET /metrics``: for Prometheus, with ``METRICS_TOKEN``, or for staff with the
     permission ``METRICS_PERMISSION`` (a session or an API token)."""
