@@ -102,14 +102,17 @@ def copy_checkout(root: Path, target: Path) -> None:
     subprocess.run(["cp", "-a", str(root / ".venv"), str(target / ".venv")], check=True)
 
 
-def run_script(service: Path, name: str, env: dict[str, str], log: Path) -> None:
-    """Run ``scripts/<name>`` of the copy, appending its output to ``log``."""
+def run_script(
+    service: Path, name: str, env: dict[str, str], log: Path, timeout: float = 900
+) -> None:
+    """Run ``scripts/<name>`` of the copy, appending its output to ``log`` (a generous
+    timeout: on a crowded machine up.sh's start-up takes minutes)."""
     with open(log, "a") as out:
         out.write(f"\n$ scripts/{name}\n")
         out.flush()
         subprocess.run(
             [str(service / "scripts" / name)], cwd=service, env=env, stdout=out,
-            stderr=subprocess.STDOUT, check=True, timeout=300,
+            stderr=subprocess.STDOUT, check=True, timeout=timeout,
         )  # fmt: skip
 
 
@@ -157,8 +160,10 @@ def admin_sql(url: str, *statements: str) -> list:
     return out
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The ``q`` quantile (0..1) of ``values``, nearest rank below."""
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile of ``values`` (nearest rank), None when there are none."""
+    if not values:
+        return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
