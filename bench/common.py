@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
+import multiprocessing as mp
 import os
+import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -97,14 +102,17 @@ def copy_checkout(root: Path, target: Path) -> None:
     subprocess.run(["cp", "-a", str(root / ".venv"), str(target / ".venv")], check=True)
 
 
-def run_script(service: Path, name: str, env: dict[str, str], log: Path) -> None:
-    """Run ``scripts/<name>`` of the copy, appending its output to ``log``."""
+def run_script(
+    service: Path, name: str, env: dict[str, str], log: Path, timeout: float = 900
+) -> None:
+    """Run ``scripts/<name>`` of the copy, appending its output to ``log`` (a generous
+    timeout: on a crowded machine up.sh's start-up takes minutes)."""
     with open(log, "a") as out:
         out.write(f"\n$ scripts/{name}\n")
         out.flush()
         subprocess.run(
             [str(service / "scripts" / name)], cwd=service, env=env, stdout=out,
-            stderr=subprocess.STDOUT, check=True, timeout=300,
+            stderr=subprocess.STDOUT, check=True, timeout=timeout,
         )  # fmt: skip
 
 
@@ -137,6 +145,19 @@ def mail_folder(prefix: str) -> Path:
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir=shm if shm.is_dir() else None))
     atexit.register(shutil.rmtree, folder, True)
     return folder
+
+
+# --- measuring in fresh processes, and what else ran meanwhile ---
+
+
+def admin_sql(url: str, *statements: str) -> list:
+    """Run ``statements`` on the server's ``postgres`` database; each one's rows (or None)."""
+    out = []
+    with connect(url, "postgres", autocommit=True) as conn:
+        for statement in statements:
+            cur = conn.execute(statement)
+            out.append(cur.fetchall() if cur.description else None)
+    return out
 
 
 # --- shared by welcome.py, lag.py and partitions.py ---
@@ -253,3 +274,88 @@ def tree_cpu_seconds(pid: int) -> float:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
             total += sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def median(values: list[float | None], digits: int = 1) -> float | None:
+    """The median of the values that are not None, rounded; None if there are none."""
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), digits) if present else None
+
+
+def rss_kb() -> int:
+    """Resident memory of this process now, in KiB."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def activity(url: str, own_databases: tuple[str, ...]) -> dict[str, Any]:
+    """What else runs: load average, busy PostgreSQL backends of other databases, pytests."""
+    names = ", ".join(f"'{name}'" for name in own_databases)
+    busy = admin_sql(
+        url,
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+        f"AND datname NOT IN ({names}) AND pid <> pg_backend_pid()",
+    )[0][0][0]
+    pytest = 0
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            pytest += comm.read_text().strip() in {"pytest", "py.test"}
+    return {
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "other_active_pg_backends": busy,
+        "pytest_processes": pytest,
+    }
+
+
+def versions(url: str, root: Path) -> dict[str, Any]:
+    """The machine, the libraries and the PostgreSQL settings a result was measured with."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    settings = ("server_version", "fsync", "synchronous_commit", "shared_buffers", "max_wal_size")
+    rows = admin_sql(url, *(f"SHOW {name}" for name in settings))
+    libraries = {}
+    for name in ("django", "psycopg", "eventsourcing"):
+        with contextlib.suppress(PackageNotFoundError):
+            libraries[name] = version(name)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        **libraries,
+        **{f"pg_{name}": row[0][0] for name, row in zip(settings, rows, strict=True)},
+        "git_commit": commit,
+    }
+
+
+def _call_in_child(function: Any, args: tuple, queue: Any) -> None:
+    try:
+        queue.put(function(*args))
+    except BaseException:
+        queue.put({"error": traceback.format_exc()})
+
+
+def in_fresh_process(function: Any, *args: Any, timeout: float = 1800.0) -> Any:
+    """``function(*args)`` in a new spawned process (its own memory, its own Django), which
+    must return something picklable; its traceback raised here if it failed."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_call_in_child, args=(function, args, queue), daemon=True)
+    proc.start()
+    result = queue.get(timeout=timeout)
+    proc.join(timeout=60)
+    if isinstance(result, dict) and "error" in result:
+        raise RuntimeError(f"{function.__name__} failed:\n{result['error']}")
+    return result
+
+
+def service_slot(port: int, redis_db: int) -> tuple[int, int]:
+    """The port and Redis database a whole-service bench uses: its defaults, unless
+    ``BENCH_PORT`` / ``BENCH_REDIS_DB`` say otherwise (two copies on one machine)."""
+    return int(os.environ.get("BENCH_PORT", port)), int(os.environ.get("BENCH_REDIS_DB", redis_db))
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """Write a result as indented JSON, making its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -4,10 +4,11 @@ Run (from the project root, about a minute)::
 
     .venv/bin/python bench/rywait.py [--waiters 32] [--seconds 20]
 
-It copies the checkout to ``/tmp/benchsvc-rywait``, recreates the database
+It copies the checkout to ``/tmp/benchsvc-rywait-<port>``, recreates the database
 ``bench_rywait`` (PostgreSQL at ``BENCH_PG_URL``, default
-``postgres://postgres@127.0.0.1:5432``), empties Redis database 14 (``BENCH_REDIS_URL``)
-and starts the service with ``scripts/up.sh`` on port 8814, as it is configured by
+``postgres://postgres@127.0.0.1:5432``), empties Redis database 14 (``BENCH_REDIS_URL``;
+``BENCH_REDIS_DB`` and ``BENCH_PORT`` move it and the port) and starts the service with
+``scripts/up.sh`` on port 8814, as it is configured by
 default (rate limits included: the flood is one client). It creates a user and waits
 until it is in the read model, stops the Celery workers and beat (SIGSTOP), so the read
 model will not reach what is written next, and updates the user: its position is one the
@@ -44,8 +45,9 @@ import common  # noqa: E402
 
 PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
 REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
-DB, REDIS_DB, PORT = "bench_rywait", 14, 8814
-SERVICE = Path("/tmp/benchsvc-rywait")
+DB = "bench_rywait"
+PORT, REDIS_DB = common.service_slot(8814, 14)
+SERVICE = Path(f"/tmp/benchsvc-rywait-{PORT}")
 STOPPED = ("celery-worker.pid", "celery-mail.pid", "celery-beat.pid")
 
 
@@ -134,7 +136,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "VIRTUAL_ENV"))}
     env.update(
         DATABASE_URL=f"{PG_URL}/{DB}", REDIS_URL=f"{REDIS_BASE}/{REDIS_DB}", PORT=str(PORT),
-        DEBUG="false", LOG_LEVEL="WARNING", CACHE_KEY_PREFIX="bench-rywait",
+        DEBUG="false", LOG_LEVEL="WARNING", CACHE_KEY_PREFIX=f"bench-rywait-{PORT}",
     )  # fmt: skip
     log = Path(tempfile.mkdtemp(prefix="bench-rywait-")) / "service.log"
     common.copy_checkout(ROOT, SERVICE)
@@ -166,6 +168,7 @@ def main() -> None:
     answered = [w for w in waits if w[0] == 200]
     result = {
         "command": " ".join(sys.argv),
+        "loadavg": os.getloadavg(),
         "waiters": args.waiters,
         "health_reference": stats(reference),
         "health_during_flood": stats(flooded),
