@@ -60,7 +60,7 @@ class ContentSecurityPolicyMiddleware(CSPMiddleware):
 
     Its ``EXCLUDE_URL_PREFIXES`` still builds the policy for every response and only then
     leaves it out, which costs a JSON request several times what the header is worth
-    there (docs/benchmarks.md, "Content-Security-Policy"); this skips those paths first.
+    there (docs/framework-bends.md); this skips those paths first.
     """
 
     skipped = ("/v1/", "/health", "/ready")

@@ -3,9 +3,8 @@
 DRF parses the ``Accept`` header into media types and ranks them on every request; for
 a client that sends none, ``*/*`` or ``application/json``, and no query string (so no
 ``?format=``), the answer is always the first renderer with its own media type when that
-is JSON. Answering that directly saved about 4% of the instructions of a cached
-``GET /v1/users/{id}`` (docs/benchmarks.md); any other request is negotiated by DRF as
-before (tests/unit/test_renderers.py compares the two).
+is JSON. Answering that directly is a measured bend (docs/framework-bends.md); any other
+request is negotiated by DRF as before (tests/unit/test_renderers.py compares the two).
 """
 
 from __future__ import annotations

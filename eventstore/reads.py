@@ -84,8 +84,8 @@ _TIMESTAMPTZ_LOADER = psycopg.adapters.get_loader(_TIMESTAMPTZ, psycopg.pq.Forma
 def _events_cursor(using: str) -> Iterator[Any]:
     """Django's cursor, reading ``recorded_at`` with psycopg's own (C) timestamp loader.
 
-    Django's loader parses timestamps in Python (about 5 µs each, a tenth of a rebuild's
-    time per event) only to attach its time zone; with ``USE_TZ`` it has set the
+    Django's loader parses timestamps in Python, a large share of a rebuild's time per
+    event, only to attach its time zone; with ``USE_TZ`` it has set the
     session's time zone to that same zone, in which psycopg's loader returns them.
     """
     connection = connections[using]

@@ -72,8 +72,8 @@ def _prepare(projection: Projection, schema: str, using: str) -> None:
     """Create the scratch copies: the live tables' columns, defaults, checks and keys.
 
     Built for a rebuild's writes, which update the same rows batch after batch:
-    UNLOGGED (no WAL for rows a crash would only make us rebuild again); pages filled
-    to 70%, so that an updated row stays on its page (a HOT update: no index entry);
+    UNLOGGED (no WAL for rows a crash would only make us rebuild again); pages left
+    partly empty, so that an updated row stays on its page (a HOT update: no index entry);
     and, of the indexes, only the unique ones and those behind constraints (handlers
     need them for ``ON CONFLICT`` and to fail where the live table would). The others
     serve the live table's readers, and the swap's INSERT fills the live ones anyway. A
@@ -159,8 +159,7 @@ def _pages(
 
     Reading ahead, a thread reads and decodes the next page on a connection of its own
     while the caller writes this one: a replay spends about as long in Python as waiting
-    for PostgreSQL, and the overlap made it about a quarter faster (five paired runs over
-    a million events: 10% to 50%). Besides the page being written it holds two at most
+    for PostgreSQL, so the overlap pays where a core is free (docs/benchmarks.md). Besides the page being written it holds two at most
     (one handed over, one being read), so memory stays flat. Inside a caller's
     transaction it reads in line: another connection would not see its events.
     """

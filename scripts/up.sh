@@ -215,9 +215,9 @@ else
     fi
     info "Starting gunicorn on $BIND ($WEB_CONCURRENCY workers of $WEB_THREADS threads)"
     # Threaded workers, one process per core: a request that waits (for the read model,
-    # a slow client) holds one thread, not a whole process (docs/benchmarks.md compares
-    # them with sync workers). The longest request line is raised from 4094 to 8190
-    # bytes: valid queries with long multi-byte search terms reach ~6.5 KB and would get
+    # a slow client) holds one thread, not a whole process. The longest request line is
+    # raised to 8190 bytes: valid queries with long multi-byte search terms need more than
+    # the default 4094 and would get
     # gunicorn's HTML 414 instead of our JSON.
     "$VENV/bin/gunicorn" config.wsgi:application \
         --chdir "$ROOT" \
