@@ -159,9 +159,10 @@ def _pages(
 
     Reading ahead, a thread reads and decodes the next page on a connection of its own
     while the caller writes this one: a replay spends about as long in Python as waiting
-    for PostgreSQL, so the overlap pays where a core is free (docs/benchmarks.md). Besides the page being written it holds two at most
-    (one handed over, one being read), so memory stays flat. Inside a caller's
-    transaction it reads in line: another connection would not see its events.
+    for PostgreSQL, so the overlap pays where a core is free. Besides the page being
+    written it holds two at most (one handed over, one being read), so memory stays
+    flat. Inside a caller's transaction it reads in line: another connection would not
+    see its events.
     """
     if not ahead or connections[using].in_atomic_block:
         while True:

@@ -52,7 +52,8 @@ def user_detail(user_id: uuid.UUID) -> dict[str, Any]:
 def _user_detail_sql() -> str:
     """The ORM's statement for ``user_detail``, compiled once per process.
 
-    Compiling it takes longer than running it, and it never changes; these columns need no converters on PostgreSQL (native uuid, timestamptz).
+    Compiling it takes longer than running it, and it never changes; these columns need
+    no converters on PostgreSQL (native uuid, timestamptz).
     """
     placeholder = uuid.UUID(int=0)
     query = UserRecord.objects.order_by().values(*USER_FIELDS).filter(id=placeholder).query
