@@ -208,6 +208,11 @@ def claim_cooldown(purpose: str, address: str, seconds: float) -> bool:
 
 def record_sent(purpose: str, address: str) -> None:
     """Note the send (in the step's transaction, with the instance's new state)."""
-    MailCooldown.objects.update_or_create(
-        key=_cooldown_key(purpose, address), defaults={"sent_at": timezone.now()}
+    # One INSERT ... ON CONFLICT DO UPDATE: update_or_create would take a savepoint, a
+    # locking read and a second savepoint around the insert.
+    MailCooldown.objects.bulk_create(
+        [MailCooldown(key=_cooldown_key(purpose, address), sent_at=timezone.now())],
+        update_conflicts=True,
+        unique_fields=["key"],
+        update_fields=["sent_at"],
     )

@@ -103,34 +103,39 @@ def run(instance_id: int, *, max_steps: int = MAX_STEPS_PER_RUN) -> str:
         if not locked:
             dispatch.look_again(instance_id)
             return "busy"
-        instance, outcome = None, "missing"
+        instance, outcome, fresh = None, "missing", False
         for _ in range(max_steps):
-            instance = SagaInstance.objects.filter(pk=instance_id).first()
-            if instance is None:
-                return "missing"
+            if not fresh:
+                instance = SagaInstance.objects.filter(pk=instance_id).first()
+                if instance is None:
+                    return "missing"
             try:
                 saga = registry.get(instance.saga_type)
             except LookupError:
                 logger.error("saga %s has an unknown type %r", instance_id, instance.saga_type)
                 return "unknown saga type"
-            outcome = _run_one(instance, saga)
+            # After a step that saved, the row is what this object holds (its update was
+            # conditional on the status and step read): no need to read it again.
+            outcome, fresh = _run_one(instance, saga)
             if outcome != "changed meanwhile" and outcome not in saga.steps:
                 break
     if instance is not None:
-        instance.refresh_from_db()
+        if not fresh:
+            instance.refresh_from_db()
         if instance.is_open and instance.next_attempt_at is not None:
             dispatch.schedule([instance])
     return outcome
 
 
-def _run_one(instance: SagaInstance, saga: SagaType) -> str:
+def _run_one(instance: SagaInstance, saga: SagaType) -> tuple[str, bool]:
+    """What happened, and whether ``instance`` is now what its row holds (a step saved)."""
     if not instance.is_open:
-        return f"already {instance.status}"
+        return f"already {instance.status}", True
     if instance.next_attempt_at and instance.next_attempt_at > timezone.now():
-        return "not due"
+        return "not due", True
     step = saga.steps.get(instance.step)
     if step is None:
-        return f"waiting for an event ({instance.step})"
+        return f"waiting for an event ({instance.step})", True
     seen = (instance.status, instance.step)
     before = {field: copy.deepcopy(getattr(instance, field)) for field in STEP_FIELDS}
     started = time.perf_counter()
@@ -142,12 +147,12 @@ def _run_one(instance: SagaInstance, saga: SagaType) -> str:
                 _save_step(instance, *seen, before)
         except _ChangedMeanwhile:
             metrics.step_timed(saga.name, seen[1], "changed", time.perf_counter() - started)
-            return report("changed meanwhile")
+            return report("changed meanwhile"), False
         except Exception as exc:
             metrics.step_timed(saga.name, seen[1], "failed", time.perf_counter() - started)
-            return report(_record_failure(instance.pk, seen, exc, saga))
+            return report(_record_failure(instance.pk, seen, exc, saga)), False
         metrics.step_timed(saga.name, seen[1], "done", time.perf_counter() - started)
-        return report(instance.step)
+        return report(instance.step), True
 
 
 def _save_step(

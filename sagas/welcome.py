@@ -22,7 +22,7 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from eventstore import subscribers
+from eventstore import reads, subscribers
 from eventstore.context import message_context
 from eventstore.errors import StreamNotFound
 from eventstore.reads import RecordedEvent
@@ -130,7 +130,9 @@ def welcome_step(instance: SagaInstance) -> None:
         command_id=command_id,
     ):
         try:
-            handlers.handle(WelcomeUser(user_id=uuid.UUID(instance.correlation_key)))
+            result = handlers.handle(WelcomeUser(user_id=uuid.UUID(instance.correlation_key)))
+            # The email step, next in the same run, reads the stream again only if it moved.
+            instance.user_after_welcome = result.user  # type: ignore[attr-defined]
         except AlreadyWelcomed:
             pass  # an earlier attempt committed it
         except (UserIsDeleted, UserNotFound) as exc:
@@ -146,6 +148,9 @@ def welcome_step(instance: SagaInstance) -> None:
 
 def _user_now(instance: SagaInstance) -> User | None:
     """The user as its stream says it is now (the read model may trail it)."""
+    known: User | None = getattr(instance, "user_after_welcome", None)
+    if known is not None and reads.stream_version(known.stream_id) == known.version:
+        return known
     try:
         return handlers.repository.load(uuid.UUID(instance.correlation_key))
     except StreamNotFound:
