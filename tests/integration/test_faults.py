@@ -268,7 +268,7 @@ def test_feed_order_is_numeric_when_transaction_ids_gain_a_digit(private_postgre
     manage(env, "migrate", "--verbosity", "0")
     script = (
         "from django.db import connection\n"
-        "from eventstore import store\n"
+        "from eventstore import reads, store\n"
         "from tests.events import Noted\n"
         "def xid():\n"
         "    with connection.cursor() as cursor:\n"
