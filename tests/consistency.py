@@ -129,6 +129,9 @@ def emails_by_process(directory: str | Path) -> list[tuple[str, int]]:
     return sent
 
 
+UNCOMMITTED = "uncommitted:"  # marks a copy only SIGKILLed workers sent
+
+
 def without_crash_window_copies(
     sent: list[tuple[str, int]], killed: set[int]
 ) -> tuple[list[str], int]:
@@ -145,9 +148,13 @@ def without_crash_window_copies(
     window = 0
     for saga_id, senders in by_saga.items():
         survivors = [pgid for pgid in senders if pgid not in killed]
-        copies = len(survivors) or 1  # all senders killed: the last one's send counted
-        window += len(senders) - copies
-        kept += [saga_id] * copies
+        if survivors:
+            kept += [saga_id] * len(survivors)
+        else:
+            # Every sender was killed: the last one may have committed (one email, saga
+            # completed) or not, and the saga then cancelled for a user deleted meanwhile.
+            kept.append(UNCOMMITTED + saga_id)
+        window += len(senders) - max(len(survivors), 1)
     return kept, window
 
 
@@ -258,7 +265,8 @@ def _check_welcomes_and_sagas(
 
     sagas = {s.correlation_key: s for s in SagaInstance.objects.filter(saga_type="welcome")}
     report.sagas = dict(Counter(s.status for s in sagas.values()))
-    sent = Counter(emails) if emails is not None else None
+    sent = Counter(e.removeprefix(UNCOMMITTED) for e in emails) if emails is not None else None
+    uncommitted = {e.removeprefix(UNCOMMITTED) for e in emails or () if e.startswith(UNCOMMITTED)}
     if emails is not None:
         report.emails = len(emails)
     for user_id, entry in users.items():
@@ -300,6 +308,8 @@ def _check_welcomes_and_sagas(
             copies = sent.pop(str(saga.pk), 0)
             skipped = "email_skipped" in saga.data  # the address had a welcome lately
             wanted = 1 if saga.status == "completed" and not skipped else 0
+            if saga.status == "cancelled" and str(saga.pk) in uncommitted:
+                wanted = copies  # sent, then killed before the commit; cancelled since
             if copies > wanted:
                 _problem(report, "duplicated", f"saga {saga.pk} sent {copies} emails")
             elif copies < wanted:

@@ -29,6 +29,7 @@ from eventstore.models import Event, Stream
 from eventstore.personal import keyed_hash
 from sagas.models import SagaInstance
 from tests.consistency import (
+    UNCOMMITTED,
     Ack,
     check,
     emails_by_process,
@@ -104,6 +105,14 @@ def test_the_consistency_check_finds_each_kind_of_damage() -> None:
 
     assert check(emails=emails * 2).duplicated == 1
     assert check(emails=[]).lost == 1
+    cancelled = str(SagaInstance.objects.get(status="cancelled").pk)
+    assert check(emails=[*emails, cancelled]).duplicated == 1
+    # Sent by a worker killed before its commit, then cancelled: the documented window.
+    assert check(emails=[*emails, UNCOMMITTED + cancelled]).ok
+    assert without_crash_window_copies([(cancelled, 7), (cancelled, 8)], {7, 8}) == (
+        [UNCOMMITTED + cancelled],
+        1,
+    )
     bad_ack = Ack(f"user-{kept}", 7, 1)
     assert check(emails=emails, acknowledged=[bad_ack]).lost == 1
 
