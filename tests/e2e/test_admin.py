@@ -518,6 +518,7 @@ class TestSubscribers:
         assert sum(p["events_processed"] for p in rows["test-tally"]["partition_rows"]) == 6
         assert response.content.decode().count('data-name="test-tally" data-partition=') == 3
 
+    @pytest.mark.slow
     def test_retry_parked_streams(self, admin_client, celery_worker) -> None:
         park_a_tally()
         Switch.objects.filter(name="fail").delete()
@@ -540,6 +541,7 @@ class TestSubscribers:
         assert viewer.get(f"{SUBSCRIBERS}test-tally/retry/").status_code == 405
         assert ParkedStream.objects.exists()
 
+    @pytest.mark.slow
     def test_replay_runs_in_the_worker_and_reports_progress(
         self, admin_client, celery_worker, settings
     ) -> None:
@@ -646,6 +648,7 @@ class TestSagas:
         )
         assert "cannot be cancelled" in again.content.decode()
 
+    @pytest.mark.slow
     def test_retry_action_runs_a_failed_saga_to_the_end(
         self, admin_client, settings, celery_worker
     ) -> None:
@@ -671,6 +674,7 @@ class TestSagas:
         )
         assert Event.objects.filter(event_type="UserWelcomed").count() == 1
 
+    @pytest.mark.slow
     def test_actions_need_the_change_permission(self, staff_with, settings) -> None:
         settings.WELCOME_DELAY_SECONDS = 3600
         create_user()

@@ -101,6 +101,7 @@ def clients(api) -> dict[str, Client]:
 
 
 @pytest.mark.parametrize("role", ["superuser", "staff"])
+@pytest.mark.slow
 def test_every_admin_route_with_bad_path_values(clients, role) -> None:
     client = clients[role]
     for route in admin_routes():
@@ -113,6 +114,7 @@ def test_every_admin_route_with_bad_path_values(clients, role) -> None:
                 get(client, url, "post")
 
 
+@pytest.mark.slow
 def test_every_admin_page_with_bad_query_values(clients) -> None:
     client = clients["superuser"]
     pages = [route for route in admin_routes() if "{}" not in route and "add/" not in route]

@@ -147,10 +147,12 @@ def fuzzing_setup(transactional_db, settings, monkeypatch) -> None:
     derandomize=True,
     database=None,
 )
+@pytest.mark.slow
 def test_every_operation_conforms_and_never_fails(case) -> None:
     case.call_and_validate()
 
 
+@pytest.mark.slow
 def test_stateful_links_create_then_use_the_user() -> None:
     before = events_fingerprint()
     workflow = schema.as_state_machine()

@@ -177,6 +177,7 @@ class TestCounters:
         position = value(samples, "eventstore_subscriber_position", **labels)
         assert position == reads.read_stream("note-boom")[0].position
 
+    @pytest.mark.slow
     def test_one_welcome_saga_counts_one_email_and_its_steps(self, api) -> None:
         client = Client()
         before = scrape(client, TOKEN)
@@ -199,6 +200,7 @@ class TestCounters:
             labels = {"saga": "welcome", "step": step, "outcome": "done"}
             assert moved("saga_step_duration_seconds_count", **labels) == 1
 
+    @pytest.mark.slow
     def test_celery_tasks_by_name_and_outcome(self, celery_worker) -> None:
         from eventstore.tasks import run_subscriber
 

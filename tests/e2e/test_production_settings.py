@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.processes import ROOT, child_env
 
 STRONG_KEY = "x7Qm2vR9pL4tZ8wK1nB6cF3hJ5gD0sA-yE+uI*oP!qW@rT#zX$vN%bM^kL&jH(gF)"
@@ -25,6 +27,7 @@ def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_check_deploy_has_no_warnings() -> None:
     result = manage(
         "check", "--deploy", "--fail-level", "WARNING",
@@ -34,6 +37,7 @@ def test_check_deploy_has_no_warnings() -> None:
     assert "no issues" in result.stdout
 
 
+@pytest.mark.slow
 def test_production_refuses_a_missing_or_default_secret_key() -> None:
     for key in ("", "django-insecure-development-only-key-never-use-in-production"):
         result = manage("check", DJANGO_ENV="production", SECRET_KEY=key, ALLOWED_HOSTS="x")
@@ -41,6 +45,7 @@ def test_production_refuses_a_missing_or_default_secret_key() -> None:
         assert "SECRET_KEY must be set" in result.stderr
 
 
+@pytest.mark.slow
 def test_production_defaults_are_safe() -> None:
     script = (
         "from django.conf import settings as s; "
@@ -54,6 +59,7 @@ def test_production_defaults_are_safe() -> None:
     assert result.stdout.split() == ["False", "[]", "True", "True", "True", "True"]
 
 
+@pytest.mark.slow
 def test_production_refuses_to_start_without_the_keys_of_personal_data() -> None:
     for missing in PERSONAL_DATA:
         result = manage(

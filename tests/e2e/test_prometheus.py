@@ -45,6 +45,7 @@ def create_user() -> None:
     )
 
 
+@pytest.mark.slow
 def test_prometheus_scrapes_the_subscriber_lag(tmp_path) -> None:
     create_user()
     settle()

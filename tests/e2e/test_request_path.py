@@ -328,6 +328,7 @@ class TestThrottle:
         assert len(sent) == 2, sent
         assert all(b"EVALSHA" in c for c in sent), sent
 
+    @pytest.mark.slow
     def test_leases_are_reserved_in_the_counter_and_end_with_the_window(
         self, api, client_user, rate
     ) -> None:
@@ -346,6 +347,7 @@ class TestThrottle:
         assert api.get("/v1/users").status_code == 200
         assert int(client.get(key)) == 3
 
+    @pytest.mark.slow
     def test_processes_racing_for_one_window_never_exceed_the_limit(self) -> None:
         limit, processes, attempts = Racer().num_requests, 3, 600
         go = f"throttle-race-go-{uuid.uuid4()}"
@@ -397,6 +399,7 @@ class TestThrottle:
         results = threads(8, attempt)
         assert sum(results) == Racer().num_requests, results
 
+    @pytest.mark.slow
     def test_429_with_retry_after_then_a_new_window(self, api, rate) -> None:
         rate(2, 3)
         started = time.monotonic()
@@ -407,6 +410,7 @@ class TestThrottle:
         time.sleep(max(0.0, 3.1 - (time.monotonic() - started)))
         assert api.get("/v1/users").status_code == 200
 
+    @pytest.mark.slow
     def test_refused_requests_do_not_stretch_the_window(self, api, rate) -> None:
         rate(1, 2)
         started = time.monotonic()

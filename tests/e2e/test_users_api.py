@@ -448,6 +448,7 @@ class TestIdempotency:
         assert other.status_code == 201
 
 
+@pytest.mark.slow
 def test_the_etag_of_a_create_stays_valid_after_the_real_welcome_saga(api, celery_worker) -> None:
     created = api.post(
         "/v1/users",
@@ -549,6 +550,7 @@ def test_old_idempotency_keys_are_purged(api) -> None:
     assert list(IdempotentRequest.objects.values_list("key", flat=True)) == ["new"]
 
 
+@pytest.mark.slow
 def test_waits_beyond_the_process_s_places_answer_at_once(api, monkeypatch, threads) -> None:
     """One client sending many waits cannot hold every thread: past the places, a wait is
     answered at once with where the read model is."""

@@ -27,11 +27,13 @@ from tests.testapp.tasks import fail_after_a_query
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.mark.slow
 def test_appends_wake_the_projection_through_the_worker(celery_worker) -> None:
     expected = write(10, 4)
     wait_for(lambda: tallies() == expected, 20, "the worker to project every event")
 
 
+@pytest.mark.slow
 def test_duplicated_tasks_have_no_double_effect(celery_worker) -> None:
     finished: set[str] = set()
 
@@ -51,6 +53,7 @@ def test_duplicated_tasks_have_no_double_effect(celery_worker) -> None:
     assert Checkpoint.objects.get(name="test-tally").events_processed == 125
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_batch_leaves_a_correct_read_model(tmp_path) -> None:
     """SIGKILL a worker process in the middle of a batch, restart it: nothing doubled."""
     Switch.objects.create(name="slow")
@@ -81,6 +84,7 @@ def test_worker_killed_mid_batch_leaves_a_correct_read_model(tmp_path) -> None:
     assert Checkpoint.objects.get(name="test-tally").events_processed == 400
 
 
+@pytest.mark.slow
 def test_appends_while_redis_is_down_are_processed_when_it_returns(tmp_path) -> None:
     redis = RedisServer(tmp_path)
     redis.start()
@@ -198,6 +202,7 @@ def _broker_idle() -> bool:
     return client.llen("celery") == 0 and client.hlen("unacked") == 0
 
 
+@pytest.mark.slow
 def test_the_worker_keeps_its_connection_checked_and_drops_it_after_a_failure(tmp_path) -> None:
     """A task costs no new PostgreSQL connection; a broken or suspect one is replaced."""
     earlier = _other_backends()  # left open by earlier tests' threads, say

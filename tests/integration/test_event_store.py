@@ -403,6 +403,7 @@ class TestMetadata:
         assert metadata["correlation_id"] == metadata["causation_id"]
 
 
+@pytest.mark.slow
 def test_no_skipped_events_under_concurrent_out_of_order_commits() -> None:
     """8 writers, 5,000 events, random delays inside transactions, some streams shared;
     a follower sees each event once, and each stream's events in version order."""

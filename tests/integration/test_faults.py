@@ -153,6 +153,7 @@ def private_postgres() -> Any:
         server.destroy()
 
 
+@pytest.mark.slow
 def test_postgres_crash_while_clients_write(private_postgres, tmp_path) -> None:
     """The API answers 503 problem JSON while PostgreSQL is down and recovers by itself;
     creates retried with their Idempotency-Key make one user each; subscribers and sagas
@@ -223,6 +224,7 @@ def test_postgres_crash_while_clients_write(private_postgres, tmp_path) -> None:
         assert report["emails"] == report["sagas"].get("completed", 0) > 0
 
 
+@pytest.mark.slow
 def test_connections_terminated_while_clients_write(tmp_path) -> None:
     """pg_terminate_backend on the service's connections at random moments: each request
     in flight fails with 503 and rolls back whole; the next one reconnects."""
@@ -269,6 +271,7 @@ def test_connections_terminated_while_clients_write(tmp_path) -> None:
     assert report.users == len(result.created)
 
 
+@pytest.mark.slow
 def test_feed_order_is_numeric_when_transaction_ids_gain_a_digit(private_postgres) -> None:
     """Found by the crash test: the feed sorted transaction ids as text, so 1000 came
     before 999, and subscribers folded streams out of order and lost updates. A fresh
@@ -343,6 +346,7 @@ def test_projection_follows_stream_order_when_a_saga_took_its_id_first(monkeypat
 # --- Redis --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_redis_down_the_api_and_the_saga_keep_working(tmp_path) -> None:
     """With Redis stopped, every API write succeeds (rate limits fail open, wake-ups are
     skipped); nothing is projected or welcomed until Redis returns; then all of it is."""
@@ -431,6 +435,7 @@ def _write_through_handlers(stop: threading.Event, index: int, acks: list[Ack]) 
         connection.close()
 
 
+@pytest.mark.slow
 def test_worker_sigkilled_repeatedly_under_load(tmp_path) -> None:
     """SIGKILL the whole Celery worker (pool included) again and again while users are
     written; restart it each time. Read model and sagas end exactly right; an email is
@@ -609,6 +614,7 @@ def test_connection_killed_mid_delete_writes_nothing(api) -> None:
     assert check(emails=emails_in_outbox()).ok
 
 
+@pytest.mark.slow
 def test_server_worker_killed_or_client_gone_mid_request(api, tmp_path) -> None:
     """Over real HTTP (gunicorn). A worker SIGKILLed while its request waits inside the
     transaction: nothing is written. A client that gives up waiting: the request may

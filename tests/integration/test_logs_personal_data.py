@@ -42,6 +42,7 @@ def captured(celery_worker) -> Iterator[io.StringIO]:
         root.setLevel(level)
 
 
+@pytest.mark.slow
 def test_a_person_leaves_no_trace_in_the_logs(api, captured) -> None:
     officer_user = get_user_model().objects.create_user(username="officer", is_staff=True)
     officer_user.user_permissions.add(*Permission.objects.filter(codename="erase_user"))

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 TOKEN = "metrics-processes-token-0123456789"
 
 
+@pytest.mark.slow
 def test_two_gunicorn_workers_and_a_celery_worker_add_up(tmp_path, api) -> None:
     server, env = served_with_metrics(tmp_path, TOKEN)
     directory = tmp_path / "metrics"

@@ -49,6 +49,7 @@ def started(tmp_path: Path):
         child.stop()
 
 
+@pytest.mark.slow
 def test_a_signup_followed_by_its_correlation_id_through_logs_and_traces(
     tmp_path: Path, started
 ) -> None:
@@ -157,6 +158,7 @@ def celery_totals() -> dict[str, int]:
     return totals
 
 
+@pytest.mark.slow
 def test_an_idle_service_writes_nothing_at_info(tmp_path: Path, started) -> None:
     env = child_env(LOG_FORMAT="json", LOG_LEVEL="INFO", SUBSCRIBER_SAFETY_NET_SECONDS="0.3")
     worker = started(celery_worker(env, tmp_path / "worker.log", concurrency=1))

@@ -82,6 +82,7 @@ def test_a_partition_s_feed_is_read_through_the_bucket_index_on_a_large_table(ta
     assert "Seq Scan" not in plan
 
 
+@pytest.mark.slow
 def test_partitions_racing_with_appenders_take_every_event_once_in_stream_order(
     tally, threads
 ) -> None:
@@ -157,6 +158,7 @@ def test_a_changed_partition_count_waits_for_repartition_then_moves_on_exactly_o
     assert tallies() == {**first, **second, **third, **fourth}
 
 
+@pytest.mark.slow
 def test_two_worker_processes_move_one_subscriber_together_and_survive_a_sigkill(
     tmp_path: Path, settings
 ) -> None:

@@ -85,6 +85,7 @@ def stored_rows(stream_id: str) -> list[tuple[str, str]]:
         min_size=1,
     )
 )
+@pytest.mark.slow
 def test_every_event_type_round_trips_through_the_store(events: list[Any]) -> None:
     """Sealed on append, opened by every read: the stream, the lean load, the feed."""
     stream_id = f"roundtrip-{uuid.uuid4()}"
@@ -158,6 +159,7 @@ PAST = ["zorabelle.past.q7k2@example.com", "Zorabelle", "Quixmantle"]
 NOW = ["zorawyn.now.x9p4@example.org", "Zorawyn", "Pextravorn"]
 
 
+@pytest.mark.slow
 def test_after_erasure_a_dump_of_the_whole_database_holds_nothing_of_the_person(
     api, officer
 ) -> None:

@@ -77,6 +77,7 @@ def _tables(url: str) -> set[str]:
     return {row[0] for row in rows}
 
 
+@pytest.mark.slow
 def test_keys_live_only_in_their_own_database_and_erasure_reaches_them(databases) -> None:
     main, keys = databases
     env = child_env(DATABASE_URL=_url(main), PERSONAL_KEYS_DATABASE_URL=_url(keys))

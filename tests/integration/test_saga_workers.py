@@ -62,6 +62,7 @@ def processes(tmp_path: Path):
         child.stop()
 
 
+@pytest.mark.slow
 def test_sends_of_different_instances_overlap_on_the_mail_pool(relay, processes) -> None:
     env = child_env(**relay.settings())
     processes("worker", env, concurrency=2, queues="celery", name="subscribers")
@@ -75,6 +76,7 @@ def test_sends_of_different_instances_overlap_on_the_mail_pool(relay, processes)
     assert overlapping >= 1, spans  # one relay delay each, and yet not one after another
 
 
+@pytest.mark.slow
 def test_one_email_per_user_under_racing_workers_and_redelivered_tasks(relay, processes) -> None:
     env = child_env(**relay.settings())
     for name in ("a", "b"):
@@ -97,6 +99,7 @@ def _queue_empty() -> bool:
     return not broker_headers(settings.MAIL_QUEUE) and not broker_headers()
 
 
+@pytest.mark.slow
 def test_relay_down_then_up_sends_every_pending_email_once_without_a_storm(
     relay, processes
 ) -> None:
@@ -123,6 +126,7 @@ def test_relay_down_then_up_sends_every_pending_email_once_without_a_storm(
     assert Counter(r.recipients[0] for r in relay.received) == Counter(addresses)
 
 
+@pytest.mark.slow
 def test_a_permanent_refusal_fails_the_instance_with_the_relay_reply(relay, processes) -> None:
     relay.refuse("nobody@example.com")
     env = child_env(**relay.settings())
@@ -139,6 +143,7 @@ def test_a_permanent_refusal_fails_the_instance_with_the_relay_reply(relay, proc
     assert relay.received == []
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_send_sends_once_after_the_sweep_requeues_it(
     tmp_path, processes
 ) -> None:

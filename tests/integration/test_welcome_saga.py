@@ -69,6 +69,7 @@ def queued_steps(*, delayed: bool | None = None) -> list[dict]:
     ]
 
 
+@pytest.mark.slow
 def test_the_worker_welcomes_a_new_user_once_and_keeps_no_personal_data(celery_worker) -> None:
     from tests.processes import wait_for
 

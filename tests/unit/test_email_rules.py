@@ -43,6 +43,7 @@ def test_ascii_addresses_keep_their_spelling_but_for_case() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(email=st.emails())
+@pytest.mark.slow
 def test_the_canonical_form_is_a_fixed_point(email) -> None:
     normalized, _ = normalize_email(email)
     if normalized is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -46,6 +47,7 @@ STATE = ("email", "first_name", "last_name", "status", "welcomed_at", "version")
 
 @settings(max_examples=300, deadline=None)
 @given(email=emails, first=names, last=names, steps=commands)
+@pytest.mark.slow
 def test_any_command_sequence_equals_the_replay_of_its_events(email, first, last, steps) -> None:
     user_id = uuid.uuid4()
     try:

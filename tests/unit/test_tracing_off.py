@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.processes import ROOT
 
 PROBE = """
@@ -24,6 +26,7 @@ print(sorted(
 """
 
 
+@pytest.mark.slow
 def test_no_opentelemetry_module_is_loaded_when_tracing_is_off() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TEST_TRACING"))}
     env.update(DJANGO_SETTINGS_MODULE="tests.settings", PYTHONPATH=str(ROOT))
