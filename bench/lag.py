@@ -309,7 +309,8 @@ def _monitor(stop, results) -> None:
 
 
 def start_celery(workdir: Path) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # INFO for the workers: their " ready." line is how this script knows they consume.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LOG_LEVEL": "INFO"}
     py = sys.executable
     commands = {
         "worker": common.celery_worker_cmd(py, "celery", os.cpu_count() or 1),
@@ -321,8 +322,13 @@ def start_celery(workdir: Path) -> dict[str, Any]:
         name: common.start(cmd, env, workdir / f"{name}.log", ROOT)
         for name, cmd in commands.items()
     }
-    for name in ("worker", "mail"):
-        common.wait_for_text(workdir / f"{name}.log", " ready.")
+    try:
+        for name in ("worker", "mail"):
+            common.wait_for_text(workdir / f"{name}.log", " ready.")
+    except BaseException:
+        for proc in procs.values():
+            common.stop(proc)
+        raise
     return procs
 
 

@@ -97,7 +97,13 @@ def run(partitions: int, expected: int, workdir: Path) -> dict[str, Any]:
         conn.execute("TRUNCATE bench_slow")
     common.flush_redis(ENV["REDIS_URL"])
     log = workdir / f"worker-{partitions}.log"
-    env = {**os.environ, **ENV, "SUBSCRIBER_PARTITIONS": f"{NAME}={partitions}"}
+    # INFO for the worker: its " ready." line is how this script knows it consumes.
+    env = {
+        **os.environ,
+        **ENV,
+        "LOG_LEVEL": "INFO",
+        "SUBSCRIBER_PARTITIONS": f"{NAME}={partitions}",
+    }
     cmd = common.celery_worker_cmd(sys.executable, "celery", partitions, name=f"p{partitions}")
     worker = common.start(cmd, env, log, ROOT)
     try:
