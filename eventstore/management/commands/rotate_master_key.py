@@ -5,7 +5,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from eventstore import personal
+from eventstore import key_rotation, personal
 
 
 class Command(BaseCommand):
@@ -24,11 +24,11 @@ class Command(BaseCommand):
             raise CommandError("--batch-size must be at least 1")
         try:
             current = personal.master_keys().current
-            rewrapped = personal.rotate_master_key(batch_size=options["batch_size"])
+            rewrapped = key_rotation.rotate_master_key(batch_size=options["batch_size"])
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"re-wrapped {rewrapped} person keys under master key {current}")
-        counts = personal.keys_by_master()
+        counts = key_rotation.keys_by_master()
         others = {master: n for master, n in counts.items() if master != current}
         if others:  # appends of an older release meanwhile: run again
             raise CommandError(f"keys still wrapped by other master keys: {others}; run it again")
