@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import threading
 import uuid
 from pathlib import Path
@@ -34,7 +35,10 @@ def ordered() -> bool:
 
 
 def test_python_and_postgresql_agree_on_every_stream_s_bucket() -> None:
-    stream_ids = [f"tally-{uuid.uuid4()}" for _ in range(200)] + ["user-ä€", "x-" + "z" * 150]
+    # Fixed ids: random ones miss one of the 32 buckets in about one run of twenty.
+    rng = random.Random(19)
+    ids = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(200)]
+    stream_ids = [f"tally-{i}" for i in ids] + ["user-ä€", "x-" + "z" * 150]
     for stream_id in stream_ids:
         store.append(stream_id, [Noted(text="b")])
     with connection.cursor() as cursor:
